@@ -1,0 +1,159 @@
+"""Stacked expert weights: one Parameter of shape (M, ...) per projection.
+
+Why stacked and not a ModuleList of M small modules: every step then touches the *same* parameters
+whatever the route (ZeRO-3 gathers one tensor per projection and never sees rank-dependent module
+sets), and merging is a reduction over dim 0. Only the routed slice enters the matmul, so a training
+forward costs the FLOPs of a single module.
+
+Conventions (row-major ``x @ W`` like torchtune's ``GroupedExperts``):
+    down projection  (M_down, d_in, r)   LoRA A / adapter W_down
+    up projection    (M_up,   r, d_out)  LoRA B / adapter W_up
+A shared side has M = 1.
+
+A *route* is a tuple with one ``(down_index, up_index)`` pair per batch segment: the leading batch
+dimension is split into ``len(route)`` equal segments (1 normally, 2 for the paired consistency
+pass). ``route=None`` means the merged module (Eq. 3: mean of the stacked weights).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Route = Sequence[tuple[int, int]]
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+}
+
+
+def experts_per_side(num_experts: int, share: str) -> tuple[int, int]:
+    """(M_down, M_up): the shared side keeps a single module."""
+    return (1 if share == "down" else num_experts, 1 if share == "up" else num_experts)
+
+
+def _segments(x: torch.Tensor, route: Route) -> list[torch.Tensor]:
+    """Split x (B, ...) into len(route) equal batch segments."""
+    if x.shape[0] % len(route):
+        raise ValueError(f"batch {x.shape[0]} does not split into {len(route)} route segments")
+    return list(x.chunk(len(route), dim=0)) if len(route) > 1 else [x]
+
+
+class LoRAExperts(nn.Module):
+    """M LoRA experts for one projection (or one output slice of a fused projection).
+
+    ``forward(x, route)`` returns only the low-rank update ``scale * x @ A[j] @ B[k]``; the caller
+    adds it to the frozen base output and applies input dropout.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, num_experts: int,
+                 share: str, scale: float) -> None:
+        super().__init__()
+        n_down, n_up = experts_per_side(num_experts, share)
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.scale = scale
+        self.lora_a = nn.Parameter(torch.empty(n_down, in_features, rank))   # (M_down, d_in, r)
+        self.lora_b = nn.Parameter(torch.empty(n_up, rank, out_features))    # (M_up, r, d_out)
+        self.reset_parameters()
+
+    @property
+    def num_down(self) -> int:
+        return self.lora_a.shape[0]
+
+    @property
+    def num_up(self) -> int:
+        return self.lora_b.shape[0]
+
+    def reset_parameters(self) -> None:
+        # A as nn.Linear's default (kaiming_uniform, a=sqrt(5)) on an (r, d_in) weight, which is
+        # U(-1/sqrt(d_in), 1/sqrt(d_in)); B = 0 so the adapted model starts equal to the base.
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.lora_a, -bound, bound)
+        nn.init.zeros_(self.lora_b)
+
+    def merged_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3: (mean_j A_j (d_in, r), mean_k B_k (r, d_out))."""
+        return self.lora_a.mean(0), self.lora_b.mean(0)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The merged update as a dense (d_in, d_out) matrix, scale included."""
+        a, b = self.merged_weights()
+        return self.scale * (a @ b)
+
+    def forward(self, x: torch.Tensor, route: Optional[Route]) -> torch.Tensor:
+        """x: (B, ..., d_in) -> (B, ..., d_out) update for the routed (or merged) experts."""
+        if route is None:
+            a, b = self.merged_weights()
+            return self.scale * ((x @ a) @ b)
+        outs = [self.scale * ((xs @ self.lora_a[j]) @ self.lora_b[k])
+                for xs, (j, k) in zip(_segments(x, route), route)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    def param_count_merged(self) -> int:
+        """Parameters of the single module that serves at inference."""
+        return self.rank * (self.in_features + self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, "
+                f"down={self.num_down}, up={self.num_up}, scale={self.scale:g}")
+
+
+class AdapterExperts(nn.Module):
+    """M Houlsby adapters: ``h + act(h @ W_down[j] + b_down[j]) @ W_up[k] + b_up[k]``."""
+
+    def __init__(self, features: int, bottleneck: int, num_experts: int, share: str,
+                 activation: str) -> None:
+        super().__init__()
+        n_down, n_up = experts_per_side(num_experts, share)
+        self.features, self.bottleneck, self.activation = features, bottleneck, activation
+        self.act = ACTIVATIONS[activation]
+        self.down_weight = nn.Parameter(torch.empty(n_down, features, bottleneck))  # (M_down, d, b)
+        self.down_bias = nn.Parameter(torch.empty(n_down, bottleneck))             # (M_down, b)
+        self.up_weight = nn.Parameter(torch.empty(n_up, bottleneck, features))     # (M_up, b, d)
+        self.up_bias = nn.Parameter(torch.empty(n_up, features))                   # (M_up, d)
+        self.reset_parameters()
+
+    @property
+    def num_down(self) -> int:
+        return self.down_weight.shape[0]
+
+    @property
+    def num_up(self) -> int:
+        return self.up_weight.shape[0]
+
+    def reset_parameters(self) -> None:
+        # Houlsby et al.: near-identity start, weights ~ truncated N(0, 1e-3^2), zero biases.
+        for weight in (self.down_weight, self.up_weight):
+            nn.init.trunc_normal_(weight, std=1e-3, a=-2e-3, b=2e-3)
+        nn.init.zeros_(self.down_bias)
+        nn.init.zeros_(self.up_bias)
+
+    def merged_weights(self) -> tuple[torch.Tensor, ...]:
+        """Eq. 3: the mean of each stacked tensor over its experts."""
+        return tuple(p.mean(0) for p in (self.down_weight, self.down_bias,
+                                         self.up_weight, self.up_bias))
+
+    def _adapter(self, h: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor,
+                 bu: torch.Tensor) -> torch.Tensor:
+        return h + self.act(h @ wd + bd) @ wu + bu
+
+    def forward(self, h: torch.Tensor, route: Optional[Route]) -> torch.Tensor:
+        """h: (B, ..., d) -> (B, ..., d), residual included."""
+        if route is None:
+            return self._adapter(h, *self.merged_weights())
+        outs = [self._adapter(hs, self.down_weight[j], self.down_bias[j], self.up_weight[k],
+                              self.up_bias[k])
+                for hs, (j, k) in zip(_segments(h, route), route)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    def param_count_merged(self) -> int:
+        return 2 * self.features * self.bottleneck + self.bottleneck + self.features
+
+    def extra_repr(self) -> str:
+        return (f"d={self.features}, b={self.bottleneck}, act={self.activation}, "
+                f"down={self.num_down}, up={self.num_up}")

@@ -1,0 +1,166 @@
+"""Rank-synchronised stochastic routing.
+
+The route of a forward is a pure function of (seed, micro-step, pass, routing key, side), computed
+with a counter-based hash (SplitMix64 finaliser) instead of draws from torch's global RNG. Hence:
+* every rank computes the same route with no communication (same seed, same step counter);
+* dropout and data shuffling keep their own RNG streams, untouched by routing;
+* activation recomputation replays the forward with the same router state, so the same route;
+* a resumed run restores ``step`` and continues the identical route sequence.
+
+A *routing key* is an int per adapted projection (slice), handed out by :meth:`Router.register`
+in module order at injection time. The two sides (down, up) of a key draw independently.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+
+from .config import INFERENCE_MODES
+from .experts import Route
+
+_MASK64 = (1 << 64) - 1
+_SIDE_DOWN, _SIDE_UP = 0, 1
+# Eval-time random routing draws from a separate stream so it never replays training routes.
+_EVAL_STREAM = 0x5EED_E7A1
+
+
+def splitmix64(z: int) -> int:
+    """One SplitMix64 step (Steele et al. 2014): a bijective, well-mixed 64-bit hash."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def counter_hash(*words: int) -> int:
+    """Hash a tuple of non-negative ints into 64 bits by chaining SplitMix64."""
+    h = 0
+    for word in words:
+        h = splitmix64(h ^ (word & _MASK64))
+    return h
+
+
+def draw_expert(num_experts: int, *words: int) -> int:
+    """An expert index in [0, num_experts) from the counter; modulo bias < M / 2**64."""
+    return 0 if num_experts == 1 else counter_hash(*words) % num_experts
+
+
+class Router:
+    """Decides, for each adapted projection, which experts a forward uses.
+
+    Attributes:
+        seed: routing seed (identical on all ranks).
+        step: training micro-step counter; the training loop calls :meth:`advance` once per
+            micro-batch, *after* backward so recomputed activations see the same route.
+        passes: pass ids of the batch segments of the current forward: ``(0,)`` for a plain
+            forward, ``(0, 1)`` for the paired consistency pass over ``cat(batch, batch)``.
+        inference: eval policy: merged | fixed | random | ensemble.
+        eval_draw: counter of the eval-time random stream (``random`` / ``ensemble``).
+    """
+
+    def __init__(self, seed: int = 0, inference: str = "merged") -> None:
+        if inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {list(INFERENCE_MODES)}, got {inference!r}")
+        self.seed = seed
+        self.step = 0
+        self.passes: tuple[int, ...] = (0,)
+        self.inference = inference
+        self.eval_draw = 0
+        self._keys: list[tuple[str, int, int]] = []  # (name, num_down, num_up) per key
+
+    # --- structure ---------------------------------------------------------------------------
+    def register(self, name: str, num_down: int, num_up: int) -> int:
+        """Give an adapted projection its routing key (its index in registration order)."""
+        self._keys.append((name, num_down, num_up))
+        return len(self._keys) - 1
+
+    @property
+    def num_keys(self) -> int:
+        return len(self._keys)
+
+    # --- routes ------------------------------------------------------------------------------
+    def pair(self, key: int, step: int, pass_id: int, stream: int = 0) -> tuple[int, int]:
+        """(down, up) experts of ``key`` at (step, pass)."""
+        _, num_down, num_up = self._keys[key]
+        words = (self.seed, stream, step, pass_id, key)
+        return (draw_expert(num_down, *words, _SIDE_DOWN), draw_expert(num_up, *words, _SIDE_UP))
+
+    def route(self, key: int, training: bool) -> Optional[Route]:
+        """The route for one forward of projection ``key``; ``None`` = merged (Eq. 3) weights."""
+        if training:
+            return tuple(self.pair(key, self.step, p) for p in self.passes)
+        if self.inference == "merged":
+            return None
+        if self.inference == "fixed":
+            return tuple((0, 0) for _ in self.passes)
+        # random / ensemble: a fresh eval stream, pass p = ensemble member p.
+        return tuple(self.pair(key, self.eval_draw, p, stream=_EVAL_STREAM) for p in self.passes)
+
+    def advance(self, steps: int = 1) -> None:
+        """Move to the next training micro-step."""
+        self.step += steps
+
+    @contextlib.contextmanager
+    def use_passes(self, *passes: int) -> Iterator["Router"]:
+        """Temporarily route the batch segments with these pass ids, e.g. ``use_passes(0, 1)``."""
+        saved = self.passes
+        self.passes = tuple(passes)
+        try:
+            yield self
+        finally:
+            self.passes = saved
+
+    @contextlib.contextmanager
+    def use_inference(self, mode: str) -> Iterator["Router"]:
+        """Temporarily switch the eval policy."""
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {list(INFERENCE_MODES)}, got {mode!r}")
+        saved = self.inference
+        self.inference = mode
+        try:
+            yield self
+        finally:
+            self.inference = saved
+
+    # --- resume ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "step": self.step, "eval_draw": self.eval_draw}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"router seed mismatch: checkpoint {state['seed']}, config {self.seed}")
+        self.step, self.eval_draw = int(state["step"]), int(state["eval_draw"])
+
+    # --- cross-rank check --------------------------------------------------------------------
+    def digest(self, step: Optional[int] = None, passes: tuple[int, ...] = (0, 1)) -> int:
+        """A 63-bit digest of every key's route at ``step`` (default: the current step)."""
+        step = self.step if step is None else step
+        words = [self.seed, step, len(self._keys)]
+        for key in range(len(self._keys)):
+            for p in passes:
+                words.extend(self.pair(key, step, p))
+        return counter_hash(*words) >> 1  # fits a signed int64 tensor
+
+    def check_consistency(self, group: Optional[object] = None) -> None:
+        """All-gather the route digest of the current step and raise if ranks disagree.
+
+        Costs one tiny all-gather; call it every N steps (not every step). A no-op when
+        torch.distributed is not initialised.
+        """
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        mine = torch.tensor([self.digest(), self.step], dtype=torch.int64)
+        gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, mine, group=group)
+        reference = gathered[0]
+        bad = [rank for rank, g in enumerate(gathered) if not torch.equal(g, reference)]
+        if bad:
+            detail = ", ".join(f"rank {r}: step {int(g[1])} digest {int(g[0]):#x}"
+                               for r, g in enumerate(gathered))
+            raise RuntimeError(
+                f"AdaMix routes differ across ranks at step {self.step}: ranks {bad} disagree "
+                f"with rank 0 ({detail}). Check that every rank uses the same routing_seed and "
+                "advances the router once per micro-batch.")

@@ -1,0 +1,26 @@
+"""adamix-ds: AdaMix (Mixture-of-Adaptations) as a DeepSpeed training framework."""
+from setuptools import find_packages, setup
+
+setup(
+    name="adamix-ds",
+    version="0.1.0",
+    description="AdaMix mixture-of-adaptations (LoRA / Houlsby adapters) for DeepSpeed training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["adamix_ds", "adamix_ds.*"]),
+    # torch is installed first by the Makefile (the CPU build on disk here, CUDA builds elsewhere);
+    # a range lets pip keep whatever torch is already installed.
+    install_requires=[
+        "torch>=2.3",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "numpy",
+    ],
+    extras_require={
+        "peft": ["peft>=0.13"],
+        "train": ["deepspeed>=0.15", "datasets>=2.19", "tqdm", "tensorboard", "matplotlib"],
+        "dev": ["pytest>=8", "peft>=0.13"],
+    },
+    entry_points={"console_scripts": ["adamix-ds=adamix_ds.cli:main"]},
+)
