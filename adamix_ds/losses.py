@@ -1,0 +1,457 @@
+"""Training losses for AdaMix (Mixture-of-Adaptations, Wang et al., EMNLP 2022).
+
+AdaMix trains with stochastic routing: every step runs the model twice, each
+pass picking random adaptation modules, and adds a consistency regulariser
+that pulls the two predictive distributions together:
+
+    loss = CE(pass_1, labels) + w * 0.5 * (KL(p1 || p2) + KL(p2 || p1))
+
+Language-model vocabularies make ``tokens x V`` float32 tensors the largest
+activations in the step, so both losses here are ``torch.autograd.Function``
+objects that
+
+* select the tokens that count (``labels != ignore_index`` / ``mask``) before
+  doing any work, so padding costs nothing;
+* process those tokens ``chunk_tokens`` rows at a time, upcasting only one
+  chunk to float32 at once, in the forward *and* in the backward (which
+  recomputes softmaxes and writes closed-form gradients);
+* save only their own inputs for backward (the logits and 1-D index tensors).
+
+Extra memory is therefore ``O(chunk_tokens x V)`` float32 plus one gradient
+buffer of the logits' own dtype, instead of several ``tokens x V`` float32
+tensors.
+
+Shapes: ``...`` is any number of leading dims (typically ``(batch, seq)``),
+``V`` the vocabulary / class count, ``T`` the flattened number of tokens
+(``prod(...)``) and ``N`` the number of tokens that count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+__all__ = [
+    "CONSISTENCY_MODES",
+    "AdaMixLossOutput",
+    "adamix_loss",
+    "consistency_kl",
+    "consistency_kl_reference",
+    "label_smoothed_cross_entropy",
+]
+
+#: Allowed values of the ``mode`` argument of :func:`consistency_kl`.
+CONSISTENCY_MODES: Tuple[str, ...] = ("stopgrad", "symmetric")
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+def _accum_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """Dtype used for the math: float32, or float64 if any input is float64.
+
+    Low-precision inputs (bf16/fp16) are upcast because log-softmax over a
+    large vocabulary loses most of its digits in 8-11 bit mantissas. float64
+    stays float64 so that ``torch.autograd.gradcheck`` can be used.
+    """
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def _chunk_bounds(n: int, chunk: int) -> Iterator[Tuple[int, int]]:
+    """Yield ``(start, end)`` pairs covering ``range(n)`` in steps of ``chunk``."""
+    for start in range(0, n, chunk):
+        yield start, min(start + chunk, n)
+
+
+def _check_chunk_tokens(chunk_tokens: int) -> None:
+    if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive int, got chunk_tokens={chunk_tokens!r}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in CONSISTENCY_MODES:
+        raise ValueError(f"mode must be one of {CONSISTENCY_MODES}, got mode={mode!r}")
+
+
+def _check_logits(name: str, logits: torch.Tensor) -> None:
+    if not torch.is_floating_point(logits):
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {logits.dtype}")
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+
+
+def _selected_rows(mask: Optional[torch.Tensor], logits_shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """Flat indices of the tokens that count.
+
+    Args:
+        mask: ``(...)`` bool, or None meaning "every token".
+        logits_shape: ``(..., V)``; ``mask`` must equal ``logits_shape[:-1]``.
+
+    Returns:
+        ``(N,)`` int64 indices into the flattened ``(T,)`` token axis.
+    """
+    token_shape = logits_shape[:-1]
+    if mask is None:
+        return torch.arange(token_shape.numel(), device=device)
+    if mask.dtype != torch.bool:
+        # A bool mask is required so that e.g. passing raw labels by mistake
+        # fails loudly instead of silently selecting every non-zero label.
+        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+    if mask.shape != token_shape:
+        raise ValueError(
+            f"mask must have the logits' token shape {tuple(token_shape)}, got mask.shape={tuple(mask.shape)}"
+        )
+    return mask.reshape(-1).nonzero().squeeze(1).to(device)
+
+
+# --------------------------------------------------------------------------
+# Label-smoothed cross entropy
+# --------------------------------------------------------------------------
+class _ChunkedLabelSmoothedCE(torch.autograd.Function):
+    """Mean label-smoothed CE over selected rows, chunked over tokens.
+
+    Per token, with ``lse = logsumexp(z)``:
+        nll    = lse - z_y
+        smooth = mean_k(-log p_k) = lse - mean_k(z_k)
+        loss   = (1 - eps) * nll + eps * smooth
+    and the gradient w.r.t. ``z`` is ``softmax(z) - (1 - eps) * onehot(y) - eps / V``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        logits: torch.Tensor,
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        smoothing: float,
+        chunk_tokens: int,
+    ) -> torch.Tensor:
+        """logits ``(..., V)``, rows ``(N,)`` int64, targets ``(N,)`` int64 -> scalar."""
+        acc = _accum_dtype(logits)
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)  # a view for contiguous logits
+        n = rows.numel()
+        total = torch.zeros((), dtype=acc, device=logits.device)
+        for s, e in _chunk_bounds(n, chunk_tokens):
+            z = flat.index_select(0, rows[s:e]).to(acc)  # (c, V), the only big fp32 buffer
+            lse = torch.logsumexp(z, dim=-1)  # (c,)
+            z_y = z.gather(-1, targets[s:e].unsqueeze(-1)).squeeze(-1)  # (c,)
+            per_token = lse - (1.0 - smoothing) * z_y - smoothing * z.mean(dim=-1)
+            total += per_token.sum()
+        ctx.save_for_backward(logits, rows, targets)
+        ctx.smoothing = smoothing
+        ctx.chunk_tokens = chunk_tokens
+        # N = 0: the sum is 0 and dividing by max(N, 1) keeps it 0 instead of NaN.
+        return total / max(n, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        logits, rows, targets = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        acc = _accum_dtype(logits)
+        vocab = logits.shape[-1]
+        eps: float = ctx.smoothing
+        flat = logits.reshape(-1, vocab)
+        n = rows.numel()
+        # Unselected (ignored) tokens keep an exact zero gradient.
+        grad = torch.zeros(flat.shape, dtype=flat.dtype, device=flat.device)
+        scale = grad_out.to(acc) / max(n, 1)
+        for s, e in _chunk_bounds(n, ctx.chunk_tokens):
+            z = flat.index_select(0, rows[s:e]).to(acc)
+            g = torch.softmax(z, dim=-1)
+            g -= eps / vocab
+            g.scatter_add_(
+                -1,
+                targets[s:e].unsqueeze(-1),
+                torch.full((e - s, 1), -(1.0 - eps), dtype=acc, device=g.device),
+            )
+            g *= scale
+            grad.index_copy_(0, rows[s:e], g.to(grad.dtype))
+        return grad.view(logits.shape), None, None, None, None
+
+
+def label_smoothed_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    smoothing: float = 0.0,
+    ignore_index: int = -100,
+    chunk_tokens: int = 1024,
+) -> torch.Tensor:
+    """Mean label-smoothed cross entropy over non-ignored tokens.
+
+    Per token: ``(1 - eps) * (-log p_y) + eps * mean_k(-log p_k)``; this is the
+    same convention as ``F.cross_entropy(..., label_smoothing=eps)`` (uniform
+    mass ``eps / V`` on every class, the target included).
+
+    Args:
+        logits: ``(..., V)`` any float dtype. Already aligned with ``labels``
+            (for causal LMs the caller shifts).
+        labels: ``(...)`` int64 class ids in ``[0, V)`` or ``ignore_index``.
+        smoothing: ``eps`` in ``[0, 1]``.
+        ignore_index: label value that contributes neither loss nor gradient.
+        chunk_tokens: at most this many tokens are upcast to float32 at once.
+
+    Returns:
+        Scalar float32 (float64 for float64 logits). If no token is valid the
+        result is 0 (still attached to the graph, with zero gradients).
+    """
+    _check_logits("logits", logits)
+    _check_chunk_tokens(chunk_tokens)
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got smoothing={smoothing!r}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape logits.shape[:-1]={tuple(logits.shape[:-1])}, got labels.shape={tuple(labels.shape)}"
+        )
+    if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+
+    vocab = logits.shape[-1]
+    flat_labels = labels.reshape(-1).to(device=logits.device, dtype=torch.int64)
+    valid = flat_labels != ignore_index
+    # gather() with an out-of-range id is a device-side assert on GPU; a clear
+    # Python error is far easier to debug (e.g. padding with -1 but ignore_index=-100).
+    if bool(((flat_labels < 0) | (flat_labels >= vocab)).logical_and(valid).any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    rows = valid.nonzero().squeeze(1)
+    targets = flat_labels.index_select(0, rows)
+    return _ChunkedLabelSmoothedCE.apply(logits, rows, targets, float(smoothing), chunk_tokens)
+
+
+# --------------------------------------------------------------------------
+# Consistency regularisation (symmetric KL between two passes)
+# --------------------------------------------------------------------------
+class _ChunkedConsistencyKL(torch.autograd.Function):
+    """``0.5 * mean_rows(KL(p||q) + KL(q||p))`` with closed-form, chunked backward.
+
+    Per token, with ``d = log p - log q``:
+        KL(p||q) + KL(q||p) = sum_k (p_k - q_k) * d_k
+    Gradients (before the ``0.5 / N`` factor):
+        stopgrad : dz_p = p - q,                       dz_q = q - p
+        symmetric: dz_p = p * (d - KL(p||q)) + p - q,  dz_q = q * (-d - KL(q||p)) + q - p
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        logits_p: torch.Tensor,
+        logits_q: torch.Tensor,
+        rows: torch.Tensor,
+        mode: str,
+        chunk_tokens: int,
+    ) -> torch.Tensor:
+        """logits_p, logits_q ``(..., V)``, rows ``(N,)`` int64 -> scalar."""
+        acc = _accum_dtype(logits_p, logits_q)
+        vocab = logits_p.shape[-1]
+        flat_p = logits_p.reshape(-1, vocab)
+        flat_q = logits_q.reshape(-1, vocab)
+        n = rows.numel()
+        total = torch.zeros((), dtype=acc, device=logits_p.device)
+        for s, e in _chunk_bounds(n, chunk_tokens):
+            idx = rows[s:e]
+            log_p = torch.log_softmax(flat_p.index_select(0, idx).to(acc), dim=-1)
+            log_q = torch.log_softmax(flat_q.index_select(0, idx).to(acc), dim=-1)
+            total += ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum()
+        # Only the inputs are saved; the backward recomputes the softmaxes, so
+        # no (tokens x V) float32 tensor outlives the forward.
+        ctx.save_for_backward(logits_p, logits_q, rows)
+        ctx.mode = mode
+        ctx.chunk_tokens = chunk_tokens
+        return 0.5 * total / max(n, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        logits_p, logits_q, rows = ctx.saved_tensors
+        need_p, need_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_p or need_q):
+            return None, None, None, None, None
+        acc = _accum_dtype(logits_p, logits_q)
+        vocab = logits_p.shape[-1]
+        flat_p = logits_p.reshape(-1, vocab)
+        flat_q = logits_q.reshape(-1, vocab)
+        n = rows.numel()
+        symmetric = ctx.mode == "symmetric"
+        # Gradient buffers in the inputs' own dtype; masked-out rows stay 0.
+        grad_p = torch.zeros(flat_p.shape, dtype=flat_p.dtype, device=flat_p.device) if need_p else None
+        grad_q = torch.zeros(flat_q.shape, dtype=flat_q.dtype, device=flat_q.device) if need_q else None
+        scale = 0.5 * grad_out.to(acc) / max(n, 1)
+        for s, e in _chunk_bounds(n, ctx.chunk_tokens):
+            idx = rows[s:e]
+            log_p = torch.log_softmax(flat_p.index_select(0, idx).to(acc), dim=-1)
+            log_q = torch.log_softmax(flat_q.index_select(0, idx).to(acc), dim=-1)
+            p, q = log_p.exp(), log_q.exp()
+            diff = p - q  # shared "p - q" term of both modes
+            if symmetric:
+                d = log_p - log_q
+                if grad_p is not None:
+                    kl_pq = (p * d).sum(dim=-1, keepdim=True)
+                    g = p * (d - kl_pq) + diff
+                    grad_p.index_copy_(0, idx, (g * scale).to(grad_p.dtype))
+                if grad_q is not None:
+                    kl_qp = -(q * d).sum(dim=-1, keepdim=True)
+                    g = q * (-d - kl_qp) - diff
+                    grad_q.index_copy_(0, idx, (g * scale).to(grad_q.dtype))
+            else:
+                if grad_p is not None:
+                    grad_p.index_copy_(0, idx, (diff * scale).to(grad_p.dtype))
+                if grad_q is not None:
+                    grad_q.index_copy_(0, idx, (diff * -scale).to(grad_q.dtype))
+        return (
+            grad_p.view(logits_p.shape) if grad_p is not None else None,
+            grad_q.view(logits_q.shape) if grad_q is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _check_pair(logits_p: torch.Tensor, logits_q: torch.Tensor, mode: str) -> None:
+    _check_mode(mode)
+    _check_logits("logits_p", logits_p)
+    _check_logits("logits_q", logits_q)
+    if logits_p.shape != logits_q.shape:
+        raise ValueError(
+            "logits_p and logits_q must have the same shape, got "
+            f"logits_p.shape={tuple(logits_p.shape)} and logits_q.shape={tuple(logits_q.shape)}"
+        )
+
+
+def consistency_kl(
+    logits_p: torch.Tensor,
+    logits_q: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    mode: str = "stopgrad",
+    chunk_tokens: int = 1024,
+) -> torch.Tensor:
+    """AdaMix consistency loss: mean over masked tokens of ``0.5 * (KL(p||q) + KL(q||p))``.
+
+    ``p = softmax(logits_p)``, ``q = softmax(logits_q)``, ``KL(a||b) = sum a (log a - log b)``.
+
+    Modes (same value, different gradients):
+        * ``"stopgrad"`` (default, as in the authors' code):
+          ``0.5 * (KL(sg(q)||p) + KL(sg(p)||q))`` -- each KL treats its target as
+          a constant, giving ``d/dlogits_p = 0.5 (p - q) / N`` and
+          ``d/dlogits_q = 0.5 (q - p) / N``.
+        * ``"symmetric"``: the plain symmetric KL, differentiated through both
+          distributions.
+
+    Args:
+        logits_p: ``(..., V)`` logits of pass 1, any float dtype.
+        logits_q: ``(..., V)`` logits of pass 2, same shape.
+        mask: ``(...)`` bool, True for tokens that count; None means all.
+        mode: one of :data:`CONSISTENCY_MODES`.
+        chunk_tokens: tokens processed at once; peak extra memory is about
+            ``chunk_tokens x V`` float32 (times a small constant).
+
+    Returns:
+        Scalar float32 (float64 if an input is float64). With no masked token
+        it is 0 and all gradients are 0.
+
+    Logits must be finite: a ``-inf`` logit in both passes gives ``0 * nan``.
+    """
+    _check_pair(logits_p, logits_q, mode)
+    _check_chunk_tokens(chunk_tokens)
+    rows = _selected_rows(mask, logits_p.shape, logits_p.device)
+    return _ChunkedConsistencyKL.apply(logits_p, logits_q, rows, mode, chunk_tokens)
+
+
+def consistency_kl_reference(
+    logits_p: torch.Tensor,
+    logits_q: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    mode: str = "stopgrad",
+) -> torch.Tensor:
+    """Unchunked plain-autograd version of :func:`consistency_kl`.
+
+    Used as the test oracle and as readable documentation of the definition;
+    it materialises several ``(N, V)`` tensors, so do not train with it.
+
+    Args/returns: as :func:`consistency_kl` (without ``chunk_tokens``).
+    """
+    _check_pair(logits_p, logits_q, mode)
+    acc = _accum_dtype(logits_p, logits_q)
+    vocab = logits_p.shape[-1]
+    log_p = F.log_softmax(logits_p.to(acc), dim=-1).reshape(-1, vocab)
+    log_q = F.log_softmax(logits_q.to(acc), dim=-1).reshape(-1, vocab)
+    if mask is not None:
+        rows = _selected_rows(mask, logits_p.shape, logits_p.device)
+        log_p, log_q = log_p[rows], log_q[rows]
+    if log_p.shape[0] == 0:
+        # Mean over zero tokens would be NaN; return a graph-connected zero.
+        return (logits_p.sum() + logits_q.sum()).to(acc) * 0.0
+
+    # Target distributions: constants in "stopgrad" mode.
+    tgt_log_p = log_p.detach() if mode == "stopgrad" else log_p
+    tgt_log_q = log_q.detach() if mode == "stopgrad" else log_q
+    kl_q_p = (tgt_log_q.exp() * (tgt_log_q - log_p)).sum(dim=-1)  # KL(q || p), (N,)
+    kl_p_q = (tgt_log_p.exp() * (tgt_log_p - log_q)).sum(dim=-1)  # KL(p || q), (N,)
+    return 0.5 * (kl_p_q + kl_q_p).mean()
+
+
+# --------------------------------------------------------------------------
+# Combined AdaMix objective
+# --------------------------------------------------------------------------
+@dataclass
+class AdaMixLossOutput:
+    """Result of :func:`adamix_loss`; all fields are scalar tensors.
+
+    Attributes:
+        loss: ``task_loss + consistency_weight * consistency`` (to backprop).
+        task_loss: label-smoothed CE of pass 1.
+        consistency: symmetric-KL consistency term (0 with a single pass).
+    """
+
+    loss: torch.Tensor
+    task_loss: torch.Tensor
+    consistency: torch.Tensor
+
+
+def adamix_loss(
+    logits_1: torch.Tensor,
+    logits_2: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    consistency_weight: float,
+    smoothing: float = 0.0,
+    mode: str = "stopgrad",
+    ignore_index: int = -100,
+    chunk_tokens: int = 1024,
+) -> AdaMixLossOutput:
+    """AdaMix training objective for two stochastically routed forward passes.
+
+    Args:
+        logits_1: ``(..., V)`` logits of pass 1; the task loss uses this pass only.
+        logits_2: ``(..., V)`` logits of pass 2, or None (e.g. evaluation or a
+            single-pass step): then the consistency term is 0.
+        labels: ``(...)`` int64, aligned with the logits; tokens equal to
+            ``ignore_index`` are excluded from both terms.
+        consistency_weight: weight ``w`` of the consistency term.
+        smoothing, mode, ignore_index, chunk_tokens: forwarded to
+            :func:`label_smoothed_cross_entropy` / :func:`consistency_kl`.
+
+    Returns:
+        :class:`AdaMixLossOutput` with ``loss = task_loss + w * consistency``.
+    """
+    _check_mode(mode)  # fail early even when logits_2 is None
+    task = label_smoothed_cross_entropy(
+        logits_1, labels, smoothing=smoothing, ignore_index=ignore_index, chunk_tokens=chunk_tokens
+    )
+    if logits_2 is None:
+        consistency = task.new_zeros(())
+    else:
+        consistency = consistency_kl(
+            logits_1,
+            logits_2,
+            mask=labels.to(logits_1.device) != ignore_index,
+            mode=mode,
+            chunk_tokens=chunk_tokens,
+        )
+    return AdaMixLossOutput(loss=task + consistency_weight * consistency, task_loss=task, consistency=consistency)
