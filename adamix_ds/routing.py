@@ -102,6 +102,12 @@ class Router:
         """Move to the next training micro-step."""
         self.step += steps
 
+    def advance_eval(self, draws: int = 1) -> None:
+        """Move the eval-time random stream on: the next ``random`` / ``ensemble`` forward routes
+        differently. Callers advance it per decode or per batch; within one call (e.g. all the
+        steps of one beam search) the route stays fixed."""
+        self.eval_draw += draws
+
     @contextlib.contextmanager
     def use_passes(self, *passes: int) -> Iterator["Router"]:
         """Temporarily route the batch segments with these pass ids, e.g. ``use_passes(0, 1)``."""
@@ -126,11 +132,15 @@ class Router:
 
     # --- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "step": self.step, "eval_draw": self.eval_draw}
+        return {"seed": self.seed, "step": self.step, "eval_draw": self.eval_draw,
+                "num_keys": self.num_keys}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"router seed mismatch: checkpoint {state['seed']}, config {self.seed}")
+        if "num_keys" in state and state["num_keys"] != self.num_keys:
+            raise ValueError(f"router has {self.num_keys} routing keys, checkpoint has "
+                             f"{state['num_keys']}: the adapted modules differ")
         self.step, self.eval_draw = int(state["step"]), int(state["eval_draw"])
 
     # --- cross-rank check --------------------------------------------------------------------
@@ -143,14 +153,14 @@ class Router:
                 words.extend(self.pair(key, step, p))
         return counter_hash(*words) >> 1  # fits a signed int64 tensor
 
-    def check_consistency(self, group: Optional[object] = None) -> None:
+    def check_consistency(self, group: Optional[object] = None, every: int = 1) -> None:
         """All-gather the route digest of the current step and raise if ranks disagree.
 
-        Costs one tiny all-gather; call it every N steps (not every step). A no-op when
-        torch.distributed is not initialised.
+        Costs one tiny all-gather when ``step % every == 0`` (call it each step with
+        ``every=N``); a no-op otherwise and when torch.distributed is not initialised.
         """
         dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
+        if self.step % every or not (dist.is_available() and dist.is_initialized()):
             return
         mine = torch.tensor([self.digest(), self.step], dtype=torch.int64)
         gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
@@ -158,8 +168,12 @@ class Router:
         reference = gathered[0]
         bad = [rank for rank, g in enumerate(gathered) if not torch.equal(g, reference)]
         if bad:
-            detail = ", ".join(f"rank {r}: step {int(g[1])} digest {int(g[0]):#x}"
-                               for r, g in enumerate(gathered))
+            # Group ranks by (digest, step) so the odd one out is visible with many ranks.
+            groups: dict[tuple[int, int], list[int]] = {}
+            for rank, g in enumerate(gathered):
+                groups.setdefault((int(g[0]), int(g[1])), []).append(rank)
+            detail = "; ".join(f"ranks {ranks}: step {step} digest {digest:#x}"
+                               for (digest, step), ranks in groups.items())
             raise RuntimeError(
                 f"AdaMix routes differ across ranks at step {self.step}: ranks {bad} disagree "
                 f"with rank 0 ({detail}). Check that every rank uses the same routing_seed and "
