@@ -42,6 +42,14 @@ def _fresh(arch: str, cfg: AdaMixConfig) -> torch.nn.Module:
     return model.eval()
 
 
+def _assert_reload_matches(model, arch, cfg, directory, ids, expected) -> None:
+    """Save the adaptation, load it into a freshly built and injected backbone, compare logits."""
+    save_adaptation(model, directory, cfg)
+    reloaded = _fresh(arch, cfg)
+    load_adaptation(reloaded, directory, cfg)
+    torch.testing.assert_close(logits(reloaded, ids), expected, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("arch,targets,share", LORA_CASES)
 def test_lora_merge_contract(arch, targets, share, tmp_path):
     from peft import PeftModel
@@ -55,10 +63,7 @@ def test_lora_merge_contract(arch, targets, share, tmp_path):
     unmerged = logits(model, ids)
     assert (unmerged - base_out).abs().max() > 1e-3, "adaptation must change the output"
 
-    save_adaptation(model, tmp_path / "mixture", cfg)
-    reloaded = _fresh(arch, cfg)
-    load_adaptation(reloaded, tmp_path / "mixture", cfg)
-    torch.testing.assert_close(logits(reloaded, ids), unmerged, atol=ATOL, rtol=0)
+    _assert_reload_matches(model, arch, cfg, tmp_path / "mixture", ids, unmerged)
 
     export_peft(model, tmp_path / "peft", cfg)
     peft_model = PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "peft")).eval()
@@ -66,10 +71,7 @@ def test_lora_merge_contract(arch, targets, share, tmp_path):
 
     merge_experts(model, "average")
     torch.testing.assert_close(logits(model, ids), unmerged, atol=ATOL, rtol=0)
-    save_adaptation(model, tmp_path / "merged", cfg)
-    reloaded_merged = _fresh(arch, cfg)
-    load_adaptation(reloaded_merged, tmp_path / "merged", cfg)
-    torch.testing.assert_close(logits(reloaded_merged, ids), unmerged, atol=ATOL, rtol=0)
+    _assert_reload_matches(model, arch, cfg, tmp_path / "merged", ids, unmerged)
 
     weights_before = {n: m.base.weight.clone() for n, m in adamix_layers(model).items()}
     fold_lora(model)
@@ -93,17 +95,11 @@ def test_adapter_merge_contract(arch, placement, share, tmp_path):
     unmerged = logits(model, ids)
     assert (unmerged - base_out).abs().max() > 1e-3
 
-    save_adaptation(model, tmp_path / "mixture", cfg)
-    reloaded = _fresh(arch, cfg)
-    load_adaptation(reloaded, tmp_path / "mixture", cfg)
-    torch.testing.assert_close(logits(reloaded, ids), unmerged, atol=ATOL, rtol=0)
+    _assert_reload_matches(model, arch, cfg, tmp_path / "mixture", ids, unmerged)
 
     merge_experts(model, "average")
     torch.testing.assert_close(logits(model, ids), unmerged, atol=ATOL, rtol=0)
-    save_adaptation(model, tmp_path / "merged", cfg)
-    reloaded_merged = _fresh(arch, cfg)
-    load_adaptation(reloaded_merged, tmp_path / "merged", cfg)
-    torch.testing.assert_close(logits(reloaded_merged, ids), unmerged, atol=ATOL, rtol=0)
+    _assert_reload_matches(model, arch, cfg, tmp_path / "merged", ids, unmerged)
 
     with pytest.raises(ValueError, match="nonlinear"):
         fold_lora(model)
@@ -193,10 +189,7 @@ def test_product_merges_through_model_and_peft(mode, tmp_path):
                                    atol=1e-4, rtol=1e-4)
     ids = tokens()
     out = logits(model, ids)
-    save_adaptation(model, tmp_path / "m", cfg)
-    reloaded = _fresh("llama", cfg)
-    load_adaptation(reloaded, tmp_path / "m", cfg)
-    torch.testing.assert_close(logits(reloaded, ids), out, atol=ATOL, rtol=0)
+    _assert_reload_matches(model, "llama", cfg, tmp_path / "m", ids, out)
     export_peft(model, tmp_path / "peft", cfg)
     peft_model = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "peft")).eval()
     torch.testing.assert_close(logits(peft_model, ids), out, atol=ATOL, rtol=0)
