@@ -1,0 +1,1 @@
+"""Decoding and scoring for the NLG tasks."""

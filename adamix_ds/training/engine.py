@@ -1,0 +1,62 @@
+"""DeepSpeed engine construction and ZeRO-aware access to the adaptation tensors."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import deepspeed
+import torch
+from torch import nn
+
+from ..inject import adaptation_parameters
+from .ds_config import offloads_optimizer
+from .preset import TrainSettings
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int):
+    """LR multiplier: 0 -> 1 over warmup, then linearly to 0 at total_steps (as in LoRA's code)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def build_optimizer(model: nn.Module, train: TrainSettings, ds_config: dict[str, Any],
+                    on_cuda: bool) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters: DeepSpeedCPUAdam under optimizer offload, torch's
+    fused AdamW on CUDA, plain torch AdamW on CPU (no extension to compile)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = dict(lr=train.lr, betas=train.adam_betas, weight_decay=train.weight_decay)
+    if offloads_optimizer(ds_config):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(params, fused=on_cuda or None, **kwargs)
+
+
+def build_engine(model: nn.Module, train: TrainSettings, ds_config: dict[str, Any],
+                 total_steps: int) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR]:
+    """deepspeed.initialize with the preset's optimiser and schedule; the ds_config keeps the rest."""
+    on_cuda = deepspeed.get_accelerator().device_name() == "cuda"
+    optimizer = build_optimizer(model, train, ds_config, on_cuda)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_warmup_decay(train.warmup_steps, total_steps))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    return engine, scheduler
+
+
+def gather_adaptation_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of every expert tensor, gathered from ZeRO-3 partitions (collective: every
+    rank must call it). Under ZeRO 0-2 the gather is a no-op."""
+    params = adaptation_parameters(module)
+    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+        state = {name: p.detach().float().cpu().clone() for name, p in params.items()}
+    return state
+
+
+def total_optimizer_steps(batches_per_epoch: int, accumulation: int, train: TrainSettings) -> int:
+    """Optimizer steps of the run: max_steps, or epochs x (micro-batches per epoch / accumulation)."""
+    if train.max_steps is not None:
+        return train.max_steps
+    return max(1, math.floor(train.epochs * batches_per_epoch / accumulation))

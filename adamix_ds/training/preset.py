@@ -1,0 +1,103 @@
+"""Presets: the model, AdaMix, data and schedule of a run, as a YAML file.
+
+Each preset file starts with a comment block showing its exact launch command. Keys are checked:
+an unknown key is an error naming the file and the key (a typo must not silently fall back to a
+default). Command-line flags of ``launch/train_nlg.py`` override single preset values.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ..config import AdaMixConfig, ConfigError
+from .step import CONSISTENCY_MODES
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser, schedule and loop settings (the ds_config owns batch, precision and ZeRO)."""
+
+    epochs: float = 1.0
+    max_steps: Optional[int] = None          # optimizer steps; overrides epochs when set
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    label_smoothing: float = 0.1
+    consistency: str = "paired"
+    seed: int = 110
+    log_every: int = 10
+    save_every: Optional[int] = None         # optimizer steps between resumable checkpoints
+    keep_checkpoints: int = 2
+    route_check_every: int = 100             # cross-rank route digest check (0 = never)
+    sample_after: int = 0                    # decode this many test inputs at the end (rank 0)
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        if self.consistency not in CONSISTENCY_MODES:
+            raise ConfigError(f"train.consistency must be one of {list(CONSISTENCY_MODES)}, "
+                              f"got {self.consistency!r}")
+        if self.max_steps is None and not self.epochs > 0:
+            raise ConfigError(f"train.epochs must be > 0, got {self.epochs!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps!r}")
+        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError("train: need lr > 0, warmup_steps >= 0, 0 <= label_smoothing < 1")
+
+
+@dataclass
+class Preset:
+    """A whole run: backbone + AdaMix + data + training."""
+
+    backbone: str = "gpt2-medium"
+    init: str = "pretrained"
+    backbone_config: dict[str, Any] = field(default_factory=dict)  # overrides for init=random
+    tokenizer: Optional[str] = None          # default: the backbone dir, else the bundled BPE
+    task: str = "e2e"
+    data_dir: Optional[str] = None           # default: the bundled E2E sample
+    max_seq_len: int = 512
+    max_train_examples: Optional[int] = None
+    adamix: AdaMixConfig = field(default_factory=AdaMixConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> "Preset":
+        values = dict(values)
+        _reject_unknown(cls, values, source)
+        try:
+            adamix = AdaMixConfig.from_dict(values.pop("adamix", {}), source=f"{source}: adamix")
+            train_values = values.pop("train", {})
+            _reject_unknown(TrainSettings, train_values, f"{source}: train")
+            return cls(adamix=adamix, train=TrainSettings(**train_values), **values)
+        except (TypeError, ConfigError) as err:
+            raise ConfigError(f"{source}: {err}") from err
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Preset":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--preset {path}: no such file")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: invalid YAML: {err}") from err
+        return cls.from_dict(values, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["adamix"] = self.adamix.to_dict()
+        out["train"]["adam_betas"] = list(self.train.adam_betas)
+        return out
+
+
+def _reject_unknown(cls: type, values: dict[str, Any], source: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")

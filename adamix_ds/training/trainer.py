@@ -1,0 +1,194 @@
+"""The NLG training run: data -> backbone + AdaMix -> DeepSpeed engine -> loop -> exports.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches; each micro-batch is one
+:func:`adamix_forward` (both routed passes), ``engine.backward``, ``engine.step`` and then
+``router.advance()`` (after backward, so recomputed activations see the same route).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from ..backbones import load_backbone
+from ..checkpoint import save_adaptation
+from ..data import collate_nlg, load_nlg_dataset, load_nlg_records, load_tokenizer
+from ..inject import inject_adamix
+from ..routing import counter_hash
+from .ds_config import read_ds_config
+from .engine import build_engine, gather_adaptation_state, total_optimizer_steps
+from .monitor import TrainMonitor
+from .preset import Preset
+from .sampler import ShardedBatchOrder
+from .state import PreemptionFlag, load_checkpoint, save_checkpoint
+from .step import adamix_forward, count_target_tokens
+
+_DROPOUT_STREAM = 0xD5_0F
+
+
+@dataclass
+class RunResult:
+    status: str              # "finished" | "preempted"
+    step: int
+    losses: list[float]      # mean loss of each logged optimizer step (rank 0's view, global)
+    output_dir: Path
+
+
+def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _set_monitor_paths(ds_config: dict[str, Any], output_dir: Path) -> None:
+    """Monitors enabled without an output_path write under the run's directory."""
+    for section in ("tensorboard", "csv_monitor"):
+        cfg = ds_config.get(section)
+        if cfg and cfg.get("enabled") and not cfg.get("output_path"):
+            cfg["output_path"] = str(output_dir / "monitor") + "/"
+            cfg.setdefault("job_name", "adamix")
+
+
+def _tokenizer_source(preset: Preset) -> Optional[str]:
+    if preset.tokenizer:
+        return preset.tokenizer
+    backbone_dir = Path(preset.backbone)
+    return str(backbone_dir) if (backbone_dir / "vocab.json").is_file() or \
+        (backbone_dir / "tokenizer.json").is_file() else None
+
+
+def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
+              resume: bool = True) -> RunResult:
+    """Run (or resume) training; every rank calls this. See module docstring."""
+    output_dir = Path(output_dir)
+    deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=True)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    ds_config = read_ds_config(ds_config_path, world)
+    _set_monitor_paths(ds_config, output_dir)
+    train, cfg = preset.train, preset.adamix
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
+
+    tokenizer = load_tokenizer(_tokenizer_source(preset))
+    dataset = load_nlg_dataset(preset.task, "train", preset.data_dir, tokenizer,
+                               preset.max_seq_len, max_examples=preset.max_train_examples)
+    model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
+                          **preset.backbone_config)
+    router = inject_adamix(model, cfg).router
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    accumulation = ds_config.get("gradient_accumulation_steps", 1)
+    order = ShardedBatchOrder(len(dataset), micro, world, rank, train.seed)
+    total_steps = total_optimizer_steps(order.batches_per_epoch, accumulation, train)
+    engine, scheduler = build_engine(model, train, ds_config, total_steps)
+
+    checkpoints = output_dir / "checkpoints"
+    position = {"epoch": 0, "batch": 0, "step": 0}
+    client = load_checkpoint(engine, checkpoints) if resume else None
+    if client is not None:
+        router.load_state_dict(client["router"])
+        position = client["position"]
+    step = position["step"]
+    monitor = TrainMonitor(output_dir, total_steps, step, engine, enabled=rank == 0)
+    flag = PreemptionFlag()
+    pad_id = tokenizer.eos_token_id
+    sums, logged, micro_in_step, status = [0.0] * 5, [], 0, "finished"
+    tick = time.perf_counter()
+
+    def state() -> dict[str, Any]:
+        return {"router": router.state_dict(), "position": dict(position, step=step),
+                "preset": preset.to_dict()}
+
+    try:
+        while step < total_steps and status == "finished":
+            for indices in order.batches(position["epoch"], position["batch"]):
+                batch = collate_nlg([dataset[i] for i in indices], pad_id)
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
+                # Dropout masks are a function of (seed, micro-step, rank): exact on resume.
+                torch.manual_seed(counter_hash(train.seed, _DROPOUT_STREAM, router.step, rank)
+                                  >> 1)
+                n_local = count_target_tokens(batch["labels"])
+                n_global = _all_reduce_sum([n_local], engine.device)[0]
+                scale = n_local * world / n_global if n_global else 0.0
+                out = adamix_forward(engine, batch, router, cfg, train.consistency,
+                                     train.label_smoothing, loss_scale=scale)
+                engine.backward(out.loss)
+                engine.step()
+                router.advance()
+                position["batch"] += 1
+                micro_in_step += 1
+                tokens = float(batch["attention_mask"].sum())
+                sums = [s + v for s, v in zip(sums, (out.loss.item(), out.task_loss.item(),
+                                                       out.consistency.item(), 1.0, tokens))]
+                if micro_in_step < accumulation:
+                    continue
+                micro_in_step = 0
+                step += 1
+                monitor.advance()
+                if step % train.log_every == 0 or step == total_steps:
+                    loss, task, kl, count, tokens = _all_reduce_sum(sums, engine.device)
+                    now = time.perf_counter()
+                    values = {"loss": loss / count, "task_loss": task / count,
+                              "consistency": kl / count, "lr": scheduler.get_last_lr()[0],
+                              "tokens_per_s": tokens / (now - tick)}
+                    logged.append(values["loss"])
+                    monitor.log(step, values)
+                    sums, tick = [0.0] * 5, now
+                if train.route_check_every and step % train.route_check_every == 0:
+                    router.check_consistency()
+                if flag.agreed(engine.device):
+                    status = "preempted"
+                if status == "preempted" or (train.save_every and step % train.save_every == 0):
+                    _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir,
+                          preset)
+                if status == "preempted" or step >= total_steps:
+                    break
+            else:
+                position["epoch"], position["batch"] = position["epoch"] + 1, 0
+    finally:
+        flag.restore()
+    if status == "finished" and not (train.save_every and step % train.save_every == 0):
+        _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir, preset)
+    curve = monitor.close()
+    if rank == 0 and curve is not None:
+        print(f"loss curve: {curve}")
+    if status == "finished" and rank == 0 and train.sample_after:
+        print_samples(preset, output_dir / "adaptation", tokenizer, train.sample_after)
+    return RunResult(status, step, logged, output_dir)
+
+
+def _save(engine: Any, checkpoints: Path, step: int, client: dict[str, Any], keep: int,
+          output_dir: Path, preset: Preset) -> None:
+    """Resumable DeepSpeed checkpoint + the adaptation-only export, both atomic."""
+    save_checkpoint(engine, checkpoints, step, client, keep=keep)
+    state = gather_adaptation_state(engine.module)  # collective under ZeRO-3
+    if engine.global_rank == 0:
+        save_adaptation(engine.module, output_dir / "adaptation", preset.adamix, state=state,
+                        extra={"step": step, "preset": preset.to_dict()})
+
+
+def print_samples(preset: Preset, adaptation_dir: Path, tokenizer: Any, count: int) -> list[str]:
+    """Rebuild the backbone, load the exported adaptation, merge the experts, decode test inputs."""
+    from ..checkpoint import load_adaptation
+    from ..data import group_references
+    from ..evaluation.generate import decode_contexts
+    from ..merging import merge_experts
+
+    model = load_backbone(preset.backbone, init=preset.init, seed=preset.train.seed,
+                          **preset.backbone_config)
+    inject_adamix(model, preset.adamix)
+    load_adaptation(model, adaptation_dir, preset.adamix)
+    merge_experts(model, "average")
+    groups = group_references(load_nlg_records(preset.task, "test", preset.data_dir))[:count]
+    outputs = decode_contexts(model.float(), tokenizer, [g["context"] for g in groups])
+    print("\nMerged AdaMix model on test inputs:")
+    for group, text in zip(groups, outputs):
+        print(f"  input : {group['context']}\n  output: {text}\n  ref   : {group['references'][0]}\n")
+    return outputs
