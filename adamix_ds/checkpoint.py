@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import AdaMixConfig
-from .inject import adamix_layers, adaptation_parameters
+from .inject import adamix_layers, saved_parameters
 from .layers import AdaMixLoRA, projection_shape
 from .merging import merge_experts
 
@@ -59,10 +59,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def adaptation_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of every expert tensor, keyed by full parameter name."""
+def adaptation_state_dict(model: nn.Module, cfg: AdaMixConfig) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of every expert tensor and extra-trainable parameter, by full name."""
     return {name: p.detach().to("cpu").contiguous().clone()
-            for name, p in adaptation_parameters(model).items()}
+            for name, p in saved_parameters(model, cfg).items()}
 
 
 def _merge_state(model: nn.Module) -> Optional[str]:
@@ -79,7 +79,7 @@ def save_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig,
 
     ``state`` overrides the tensors (e.g. gathered from ZeRO-3 partitions by the trainer).
     """
-    state = adaptation_state_dict(model) if state is None else state
+    state = adaptation_state_dict(model, cfg) if state is None else state
     empty = [n for n, t in state.items() if t.numel() == 0]
     if empty:
         raise ValueError(f"refusing to save empty tensors (ZeRO-3 partitions not gathered?): "
@@ -123,7 +123,7 @@ def load_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig) 
         raise ValueError(f"{directory}: AdaMix config does not match the model: " + "; ".join(diffs))
     if meta["merged"] and _merge_state(model) != meta["merged"]:
         merge_experts(model, meta["merged"])
-    params = adaptation_parameters(model)
+    params = saved_parameters(model, cfg)
     state = load_file(str(Path(directory) / WEIGHTS_FILE))
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
@@ -173,6 +173,9 @@ def export_peft(model: nn.Module, directory: str | Path, cfg: AdaMixConfig,
     if cfg.method != "lora":
         raise ValueError("PEFT has no Houlsby-adapter type: export_peft supports method='lora'; "
                          "use save_adaptation for adapters")
+    if cfg.extra_trainable:
+        raise ValueError(f"export_peft writes LoRA weights only; extra_trainable parameters "
+                         f"{list(cfg.extra_trainable)} would be dropped: use save_adaptation")
     layers = {n: m for n, m in adamix_layers(model).items() if isinstance(m, AdaMixLoRA)}
     if any(m.folded for m in layers.values()):
         raise ValueError("unfold the model before exporting (folded layers would apply twice)")

@@ -113,6 +113,16 @@ def adaptation_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
             for pname, p in layer.adapter_params()}
 
 
+def saved_parameters(model: nn.Module, cfg: AdaMixConfig) -> dict[str, nn.Parameter]:
+    """What an adaptation checkpoint holds: the expert tensors plus the ``extra_trainable``
+    parameters (e.g. a classification head), so nothing that was trained is left out."""
+    params = adaptation_parameters(model)
+    for name, p in model.named_parameters():
+        if any(re.fullmatch(pattern, name) for pattern in cfg.extra_trainable):
+            params.setdefault(name, p)
+    return params
+
+
 def _module_inventory(model: nn.Module) -> str:
     """Module names with layer indices collapsed, for error messages."""
     seen: dict[str, str] = {}

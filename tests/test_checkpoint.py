@@ -75,7 +75,7 @@ def test_structural_mismatch_names_the_fields(tmp_path):
 
 def test_missing_and_misshaped_tensors_are_named(tmp_path):
     model = _model()
-    state = ckpt.adaptation_state_dict(model)
+    state = ckpt.adaptation_state_dict(model, CFG)
     dropped = state.pop("transformer.h.1.attn.c_attn.experts.v.lora_b")
     save_adaptation(model, tmp_path / "missing", CFG, state=state)
     with pytest.raises(ValueError, match=r"missing tensors \['transformer\.h\.1\.attn\.c_attn\.experts\.v\.lora_b'\]"):
@@ -89,7 +89,7 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
 def test_refuses_empty_tensors(tmp_path):
     """A ZeRO-3 partition that was not gathered has numel 0: saving it must fail loudly."""
     model = _model()
-    state = ckpt.adaptation_state_dict(model)
+    state = ckpt.adaptation_state_dict(model, CFG)
     state["transformer.h.0.attn.c_attn.experts.q.lora_a"] = torch.empty(0)
     with pytest.raises(ValueError, match="empty tensors"):
         save_adaptation(model, tmp_path / "a", CFG, state=state)
@@ -99,3 +99,25 @@ def test_refuses_empty_tensors(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an AdaMix checkpoint"):
         load_adaptation(_model(), tmp_path, CFG)
+
+
+def test_extra_trainable_parameters_are_saved_and_loaded(tmp_path):
+    """A trained classification head (extra_trainable) travels with the experts."""
+    from tests.models import tiny_model as build
+
+    cfg = AdaMixConfig(method="adapter", num_experts=2, extra_trainable=(r"classifier\..*",))
+    model = build("bert")
+    inject_adamix(model, cfg)
+    with torch.no_grad():
+        model.classifier.weight.fill_(0.5)
+    save_adaptation(model, tmp_path / "a", cfg)
+    fresh = build("bert")
+    inject_adamix(fresh, cfg)
+    assert not torch.equal(fresh.classifier.weight, model.classifier.weight)
+    load_adaptation(fresh, tmp_path / "a", cfg)
+    assert torch.equal(fresh.classifier.weight, model.classifier.weight)
+    lora_cfg = AdaMixConfig(method="lora", extra_trainable=(r"classifier\..*",))
+    lora_model = build("bert")
+    inject_adamix(lora_model, lora_cfg)
+    with pytest.raises(ValueError, match="extra_trainable"):
+        ckpt.export_peft(lora_model, tmp_path / "p", lora_cfg)

@@ -8,7 +8,8 @@ import deepspeed
 import torch
 from torch import nn
 
-from ..inject import adaptation_parameters
+from ..config import AdaMixConfig
+from ..inject import saved_parameters
 from .ds_config import offloads_optimizer
 from .preset import TrainSettings
 
@@ -46,10 +47,10 @@ def build_engine(model: nn.Module, train: TrainSettings, ds_config: dict[str, An
     return engine, scheduler
 
 
-def gather_adaptation_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Full CPU copies of every expert tensor, gathered from ZeRO-3 partitions (collective: every
-    rank must call it). Under ZeRO 0-2 the gather is a no-op."""
-    params = adaptation_parameters(module)
+def gather_adaptation_state(module: nn.Module, cfg: AdaMixConfig) -> dict[str, torch.Tensor]:
+    """Full CPU copies of what an adaptation checkpoint holds, gathered from ZeRO-3 partitions
+    (collective: every rank must call it). Under ZeRO 0-2 the gather is a no-op."""
+    params = saved_parameters(module, cfg)
     with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
         state = {name: p.detach().float().cpu().clone() for name, p in params.items()}
     return state

@@ -168,7 +168,7 @@ def _save(engine: Any, checkpoints: Path, step: int, client: dict[str, Any], kee
           output_dir: Path, preset: Preset) -> None:
     """Resumable DeepSpeed checkpoint + the adaptation-only export, both atomic."""
     save_checkpoint(engine, checkpoints, step, client, keep=keep)
-    state = gather_adaptation_state(engine.module)  # collective under ZeRO-3
+    state = gather_adaptation_state(engine.module, preset.adamix)  # collective (ZeRO-3)
     if engine.global_rank == 0:
         save_adaptation(engine.module, output_dir / "adaptation", preset.adamix, state=state,
                         extra={"step": step, "preset": preset.to_dict()})
