@@ -29,6 +29,18 @@ def read_ds_config(path: str | Path, world_size: Optional[int] = None) -> dict[s
     return config
 
 
+def _auto_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every "auto" value, nested sections included (DeepSpeed would silently
+    replace them with defaults: bf16.enabled = "auto" trains in fp32)."""
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in _auto_keys(v, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if node == "auto" else []
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _enabled(config: dict[str, Any], section: str) -> bool:
     return bool(config.get(section, {}).get("enabled", False))
 
@@ -38,7 +50,7 @@ def check_ds_config(config: dict[str, Any], source: str, world_size: Optional[in
     def fail(message: str) -> None:
         raise DSConfigError(f"{source}: {message}")
 
-    autos = [k for k, v in config.items() if v == "auto"]
+    autos = _auto_keys(config)
     if autos:
         fail(f"'auto' values {autos} need the HF Trainer to fill them; give numbers")
     for owned in ("optimizer", "scheduler"):
@@ -49,9 +61,9 @@ def check_ds_config(config: dict[str, Any], source: str, world_size: Optional[in
         fail("fp16.enabled and bf16.enabled are both true; choose one precision")
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps", 1)
-    if not isinstance(micro, int) or micro < 1:
+    if not _is_count(micro):
         fail(f"train_micro_batch_size_per_gpu must be an int >= 1, got {micro!r}")
-    if not isinstance(accum, int) or accum < 1:
+    if not _is_count(accum):
         fail(f"gradient_accumulation_steps must be an int >= 1, got {accum!r}")
     total = config.get("train_batch_size")
     if total is not None and world_size is not None and total != micro * accum * world_size:

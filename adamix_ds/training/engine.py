@@ -15,10 +15,11 @@ from .preset import TrainSettings
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
-    """LR multiplier: 0 -> 1 over warmup, then linearly to 0 at total_steps (as in LoRA's code)."""
+    """LR multiplier: step / warmup during warmup, then linearly to 0 at total_steps (the
+    convention of transformers' get_linear_schedule_with_warmup, which LoRA's NLG code uses)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
+            return step / warmup_steps
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return factor
 
@@ -60,4 +61,6 @@ def total_optimizer_steps(batches_per_epoch: int, accumulation: int, train: Trai
     """Optimizer steps of the run: max_steps, or epochs x (micro-batches per epoch / accumulation)."""
     if train.max_steps is not None:
         return train.max_steps
-    return max(1, math.floor(train.epochs * batches_per_epoch / accumulation))
+    # Round the micro-batch count first: 0.57 * 200 is 113.99999999999999 in binary floating point.
+    micro_batches = round(train.epochs * batches_per_epoch, 6)
+    return max(1, math.floor(micro_batches / accumulation))

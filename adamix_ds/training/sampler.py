@@ -28,6 +28,10 @@ class ShardedBatchOrder:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.micro_batch < 1 or self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need micro_batch >= 1 and 0 <= rank < world_size, got "
+                             f"micro_batch={self.micro_batch}, rank={self.rank}, "
+                             f"world_size={self.world_size}")
         if self.batches_per_epoch < 1:
             raise ValueError(f"{self.num_examples} examples do not fill one global batch of "
                              f"{self.micro_batch} x {self.world_size} ranks")

@@ -7,6 +7,7 @@ One optimizer step = ``gradient_accumulation_steps`` micro-batches; each micro-b
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from .state import PreemptionFlag, load_checkpoint, save_checkpoint
 from .step import adamix_forward, count_target_tokens
 
 _DROPOUT_STREAM = 0xD5_0F
+_EXPERT_INIT_STREAM = 0x1A17
 
 
 @dataclass
@@ -68,7 +70,10 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
               resume: bool = True) -> RunResult:
     """Run (or resume) training; every rank calls this. See module docstring."""
     output_dir = Path(output_dir)
-    deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=True)
+    # Under mpirun DeepSpeed's MPI discovery sets MASTER_PORT to `distributed_port` (default
+    # 29500, the launcher's default too), overwriting the environment's: pass the user's on.
+    deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=True,
+                               distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
     world, rank = dist.get_world_size(), dist.get_rank()
     ds_config = read_ds_config(ds_config_path, world)
     _set_monitor_paths(ds_config, output_dir)
@@ -82,7 +87,11 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
                                preset.max_seq_len, max_examples=preset.max_train_examples)
     model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
                           **preset.backbone_config)
-    router = inject_adamix(model, cfg).router
+    # Expert init draws from torch's global RNG, which each process seeds at random: seed it, so
+    # a run is reproducible (1 rank vs N ranks, launcher vs mpirun) and every rank inits alike.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(counter_hash(train.seed, _EXPERT_INIT_STREAM) >> 1)
+        router = inject_adamix(model, cfg).router
     micro = ds_config["train_micro_batch_size_per_gpu"]
     accumulation = ds_config.get("gradient_accumulation_steps", 1)
     order = ShardedBatchOrder(len(dataset), micro, world, rank, train.seed)
