@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow and not multirank" tests
 
+# The main job on the embedded default: a small GPT-2 from a config, the bundled GPT-2 BPE and
+# E2E sample, one CPU rank; merges the experts and decodes a few test MRs at the end.
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(VENV)/bin/adamix-ds inspect --backbone gpt2-medium --init random --method adapter \
-		--experts 8 --bottleneck 8 --share up
-	$(VENV)/bin/adamix-ds inspect --backbone gpt2-medium --init random --method lora \
-		--experts 8 --rank 4 --targets q,v --share up
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	$(VENV)/bin/deepspeed --num_accelerators 1 launch/train_nlg.py \
+		--ds_config ds_configs/cpu_zero0.json --preset launch/presets/demo.yaml \
+		--output_dir $(DEMO_DIR) --no_resume
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_consistency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

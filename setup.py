@@ -19,8 +19,10 @@ setup(
     ],
     extras_require={
         "peft": ["peft>=0.13"],
-        "train": ["deepspeed>=0.15", "datasets>=2.19", "tqdm", "tensorboard", "matplotlib"],
-        "dev": ["pytest>=8", "peft>=0.13"],
+        "train": ["deepspeed>=0.15", "datasets>=2.19", "tqdm", "tensorboard", "matplotlib",
+                  "pyyaml"],
+        "mpi": ["mpi4py>=3.1", "mpich"],  # mpirun + libmpi from PyPI, for MPI launch and its test
+        "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich"],
     },
     entry_points={"console_scripts": ["adamix-ds=adamix_ds.cli:main"]},
 )
