@@ -9,6 +9,9 @@ STAMP := $(VENV)/.adamix-ds-installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The venv's tools first for every target: DeepSpeed's launcher, mpirun (mpich wheel) and the
+# same ninja, so the JIT-built comm op is not rebuilt by alternating ninja versions.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install test test-fast demo bench clean
 
@@ -30,8 +33,7 @@ test-fast: $(STAMP)
 # E2E sample, one CPU rank; merges the experts and decodes a few test MRs at the end.
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-	$(VENV)/bin/deepspeed --num_accelerators 1 launch/train_nlg.py \
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_accelerators 1 launch/train_nlg.py \
 		--ds_config ds_configs/cpu_zero0.json --preset launch/presets/demo.yaml \
 		--output_dir $(DEMO_DIR) --no_resume
 

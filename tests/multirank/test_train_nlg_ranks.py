@@ -1,0 +1,662 @@
+"""End-to-end tests of ``launch/train_nlg.py`` on CPU: several ranks, ZeRO stages, resume,
+preemption, MPI launch and input errors.
+
+Every run is a real child process (the DeepSpeed launcher, ``mpirun`` or a single process with
+the env:// variables) on the tiny presets in ``tests/multirank/presets`` (a 2-layer, 32-wide GPT-2
+built from its config, 64 bundled E2E examples), with a timeout so that a hang fails the test
+instead of blocking CI; a failing run's output is shown. Runs shared by several tests are
+module-scoped fixtures. Oracles:
+
+* 2 ranks x micro batch b (ZeRO-2, ZeRO-3, mpirun) against 1 rank x 2b: the sharded batch order
+  gives them the same examples per step and the trainer normalises the loss by the *global*
+  target-token count, so per-step losses and the trained experts agree up to float32 rounding.
+  ``tiny.yaml`` has no dropout, whose masks depend on the rank.
+* resume / preemption against one uninterrupted run of the same command: identical per-step
+  losses, learning rates and final experts (``tiny_dropout.yaml``: dropout on, so the masks must
+  be replayed too; its warmup outlasts every run, so the LR schedule does not depend on
+  ``--max_steps``).
+* the tolerances are far below what training changes: 2 ranks vs 1 rank allow 1e-5 relative on
+  losses of ~10.8 that training moves by 1e-3 to 5e-2 (``_assert_trains`` checks that the experts
+  did train apart); same-world comparisons allow 1e-6 and are bit-identical on CPU.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+import yaml
+
+pytestmark = [pytest.mark.multirank, pytest.mark.slow]
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+TRAIN = REPO_ROOT / "launch" / "train_nlg.py"
+SKEWED_WORKER = HERE / "skewed_routes_worker.py"
+TINY = HERE / "presets" / "tiny.yaml"                   # no dropout; 6 steps
+TINY_DROPOUT = HERE / "presets" / "tiny_dropout.yaml"   # dropout; 10 steps, warmup 10
+BIN = Path(sys.executable).parent                       # the venv: deepspeed, mpirun
+STEPS = 6          # tiny.yaml's max_steps
+RESUME_STEPS = 10  # tiny_dropout.yaml's max_steps
+# A run takes 15-40 s on 2 cores (~11 s of it imports per process). The first DeepSpeed run on a
+# fresh machine also compiles its shm comm op (~45-80 s, cached in ~/.cache/torch_extensions).
+RUN_TIMEOUT = 240
+ERROR_TIMEOUT = 90  # a bad input must be refused before any training
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "GROUP_RANK", "CROSS_RANK", "CROSS_SIZE")
+
+# Float32 rounding differs between 1 rank x 2b and 2 ranks x b (other matmul shapes, other
+# reduction order): measured |diff| <= 2e-6 on losses of ~10.8 and <= 5e-6 on expert weights,
+# while training moves tiny.yaml's loss by 1.6e-3 at step 3 and 1e-2 to 5e-2 at steps 4-6 (vs.
+# the same run at lr 1e-9) and the weights by ~0.1. (Per-rank instead of global token means
+# shift step 1 by 4e-4 already: an rtol of 1e-4, 1e-3 absolute, would let that through.)
+LOSS_RTOL = 1e-5
+WEIGHT_ATOL = 2e-5
+EXACT_RTOL = 1e-6  # same world size and batch shapes (mpirun vs launcher, resume vs uninterrupted)
+
+
+# --------------------------------------------------------------------------------------------
+# running train_nlg
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str
+    rc: Optional[int]
+    output: str
+    out_dir: Path
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"{self.name}: rc={self.rc} after {self.seconds:.1f}s; output_dir {self.out_dir}\n"
+                f"--- output (tail) ---\n{_tail(self.output)}")
+
+
+def _tail(text: str, limit: int = 8000) -> str:
+    """The end of a child's output, with tqdm's carriage-return redraws collapsed."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    text = "\n".join(line for line in lines if line.strip())
+    return text[-limit:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    # PATH stays the caller's: torch builds DeepSpeed's comm op with the first `ninja` on it, and
+    # two ninja versions (the venv's pip one, the system's) invalidate each other's build cache.
+    env.update(extra)
+    return env
+
+
+def single_process_env() -> dict[str, str]:
+    """torch.distributed env:// variables of a 1-process world (no launcher)."""
+    return child_env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(free_port()))
+
+
+def train_args(ds_config: Path, preset: Path, out_dir: Path, *flags: str) -> list[str]:
+    return [str(TRAIN), "--ds_config", str(ds_config), "--preset", str(preset),
+            "--output_dir", str(out_dir), *flags]
+
+
+def single_cmd(args: list[str]) -> list[str]:
+    return [sys.executable, *args]
+
+
+def launcher_cmd(ranks: int, args: list[str]) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_accelerators", str(ranks),
+            "--master_port", str(free_port()), *args]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a child, its process group and all its descendants: the DeepSpeed launcher keeps
+    its ranks in its group, mpich's mpirun starts its proxies and ranks in sessions of their own."""
+    import psutil  # a DeepSpeed dependency
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def new_log(out_dir: Path, suffix: str = "") -> Path:
+    """``<out_dir>.<attempt><suffix>.log`` next to the run directory, a new one per run."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    attempt = 0
+    while list(out_dir.parent.glob(f"{out_dir.name}.{attempt}.*log")):
+        attempt += 1
+    return out_dir.parent / f"{out_dir.name}.{attempt}{suffix}.log"
+
+
+def run(name: str, cmd: list[str], out_dir: Path, env: dict[str, str],
+        timeout: float = RUN_TIMEOUT) -> Run:
+    """Run ``cmd`` to completion, its output in a log file (a pipe could be held open by an
+    orphaned rank); a run past ``timeout`` is killed and fails the test."""
+    start, log = time.monotonic(), new_log(out_dir)
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)
+        proc.wait()
+        result = Run(name, None, log.read_text(), out_dir, time.monotonic() - start)
+        pytest.fail(f"{name} did not finish within {timeout}s (hang?)\n{result.describe()}")
+    finally:
+        _kill_tree(proc)  # no orphaned rank outlives its test
+    return Run(name, proc.returncode, log.read_text(), out_dir, time.monotonic() - start)
+
+
+def run_ok(name: str, cmd: list[str], out_dir: Path, env: dict[str, str]) -> Run:
+    result = run(name, cmd, out_dir, env)
+    if result.rc != 0:
+        pytest.fail(f"{name} failed\n{result.describe()}")
+    print(f"{name}: {result.seconds:.1f}s")
+    return result
+
+
+class Ranks:
+    """``world`` train_nlg processes joined by env:// variables, as the DeepSpeed launcher starts
+    them (minus the launcher's own start-up: two more deepspeed imports). Each rank logs to
+    ``<out_dir>.<attempt>.rank<r>.log``; :meth:`finish` collects them."""
+
+    def __init__(self, name: str, args: list[str], world: int, out_dir: Path) -> None:
+        self.name, self.out_dir, self.start = name, out_dir, time.monotonic()
+        port = str(free_port())
+        first = new_log(out_dir, ".rank0")
+        self.logs = [first.with_name(first.name.replace(".rank0.", f".rank{r}."))
+                     for r in range(world)]
+        self.procs: list[subprocess.Popen] = []
+        for rank, log in enumerate(self.logs):
+            env = child_env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                            LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=port)
+            with open(log, "w") as handle:
+                self.procs.append(subprocess.Popen(
+                    single_cmd(args), cwd=REPO_ROOT, env=env, stdout=handle,
+                    stderr=subprocess.STDOUT, start_new_session=True))
+
+    def output(self) -> str:
+        return "\n".join(f"--- rank {r} (rc={p.poll()}) ---\n{log.read_text()}"
+                         for r, (p, log) in enumerate(zip(self.procs, self.logs)))
+
+    def result(self) -> Run:
+        codes = [p.poll() for p in self.procs]
+        rc = None if None in codes else next((c for c in codes if c != 0), 0)
+        return Run(self.name, rc, self.output(), self.out_dir, time.monotonic() - self.start)
+
+    def running(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def finish(self, timeout: float = RUN_TIMEOUT, grace: float = 30.0) -> Run:
+        """Wait for every rank. Past ``timeout`` (from the start) kill them and fail; once a rank
+        has failed, the others get ``grace`` seconds (they may wait for it in a collective)."""
+        deadline, failed_at = self.start + timeout, None
+        try:
+            while True:
+                codes = [p.poll() for p in self.procs]
+                if None not in codes:
+                    break
+                now = time.monotonic()
+                if failed_at is None and any(c not in (None, 0) for c in codes):
+                    failed_at = now
+                if now > deadline:
+                    pytest.fail(f"{self.name} did not finish within {timeout}s (hang?)\n"
+                                f"{self.result().describe()}")
+                if failed_at is not None and now - failed_at > grace:
+                    break  # the survivors are killed below; rc reports the failure
+                time.sleep(0.1)
+        finally:
+            for proc in self.procs:
+                _kill_tree(proc)  # no orphan outlives its test
+                proc.wait()
+        return self.result()
+
+
+def run_ranks(name: str, args: list[str], world: int, out_dir: Path) -> Run:
+    return Ranks(name, args, world, out_dir).finish()
+
+
+# --------------------------------------------------------------------------------------------
+# reading a run's outputs
+# --------------------------------------------------------------------------------------------
+def log_rows(out_dir: Path) -> list[dict[str, float]]:
+    path = out_dir / "train_log.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def steps_of(rows: list[dict[str, float]]) -> list[int]:
+    return [int(r["step"]) for r in rows]
+
+
+def assert_rows_close(actual: list[dict[str, float]], expected: list[dict[str, float]],
+                      rtol: float, context: str,
+                      keys: tuple[str, ...] = ("loss", "task_loss", "consistency", "lr")) -> None:
+    assert steps_of(actual) == steps_of(expected), context
+    for a, e in zip(actual, expected):
+        for key in keys:
+            # consistency starts at exactly 0 (B = 0, no dropout): allow float32 noise there.
+            atol = 1e-9 if key == "consistency" else 0.0
+            assert abs(a[key] - e[key]) <= atol + rtol * abs(e[key]), (
+                f"{context}: step {int(e['step'])} {key} {a[key]!r} != {e[key]!r} (rtol {rtol})")
+
+
+def _assert_trains(rows: list[dict[str, float]]) -> None:
+    """The comparisons are only meaningful if training changes what they compare. Without
+    dropout (tiny.yaml) the consistency KL between two routes is 0 until the experts have been
+    trained apart (B starts at 0); it must have grown far beyond the tolerances."""
+    assert rows[-1]["consistency"] > 1e-4, f"the experts did not train apart: {rows}"
+
+
+def assert_run_outputs(result: Run, steps: int) -> None:
+    """The files every finished run leaves (train_log.csv checked by the callers)."""
+    out = result.out_dir
+    assert f"train_nlg: finished at step {steps};" in result.output, result.describe()
+    tag = (out / "checkpoints" / "latest").read_text().strip()
+    assert tag == f"step{steps:08d}" and any((out / "checkpoints" / tag).iterdir())
+    meta = json.loads((out / "adaptation" / "adamix_config.json").read_text())
+    assert meta["step"] == steps
+    assert (out / "adaptation" / "adamix_model.safetensors").stat().st_size > 0
+    assert (out / "loss_curve.png").stat().st_size > 0
+
+
+def adaptation_tensors(out_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(out_dir / "adaptation" / "adamix_model.safetensors"))
+
+
+def assert_tensors_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                         atol: float, context: str) -> None:
+    assert sorted(actual) == sorted(expected), context
+    for name, tensor in expected.items():
+        diff = (actual[name].float() - tensor.float()).abs().max().item()
+        assert actual[name].shape == tensor.shape and diff <= atol, (
+            f"{context}: {name} differs by {diff:.3g} (atol {atol})")
+
+
+# --------------------------------------------------------------------------------------------
+# shared runs
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train_nlg_ranks")
+
+
+@pytest.fixture(scope="module")
+def ds_config(root):
+    """ds_config(stage, micro): ds_configs/cpu_zero{stage}.json with that micro batch."""
+    def make(stage: int, micro: int) -> Path:
+        config = json.loads((REPO_ROOT / "ds_configs" / f"cpu_zero{stage}.json").read_text())
+        config["train_micro_batch_size_per_gpu"] = micro
+        path = root / f"cpu_zero{stage}_micro{micro}.json"
+        path.write_text(json.dumps(config, indent=1))
+        return path
+    return make
+
+
+@pytest.fixture(scope="module")
+def references(root, ds_config) -> dict[str, Run]:
+    """The two 1-process reference runs, started together (a core each):
+    ``one_rank``: tiny.yaml, ZeRO-0, micro batch 4 (= 2 ranks x 2);
+    ``uninterrupted``: tiny_dropout.yaml, ZeRO-0, micro batch 2, 10 steps (resume, preemption)."""
+    specs = {"one_rank": ("1 rank ZeRO-0 micro 4", ds_config(0, 4), TINY),
+             "uninterrupted": ("uninterrupted 1 rank", ds_config(0, 2), TINY_DROPOUT)}
+    started: dict[str, Ranks] = {}
+    try:
+        for key, (name, config, preset) in specs.items():
+            started[key] = Ranks(name, train_args(config, preset, root / key), 1, root / key)
+        results = {key: ranks.finish() for key, ranks in started.items()}
+    finally:
+        for ranks in started.values():
+            for proc in ranks.procs:
+                _kill_tree(proc)
+    for result in results.values():
+        if result.rc != 0:
+            pytest.fail(f"{result.name} failed\n{result.describe()}")
+        print(f"{result.name}: {result.seconds:.1f}s")
+    return results
+
+
+@pytest.fixture(scope="module")
+def one_rank(references) -> Run:
+    return references["one_rank"]
+
+
+def _two_ranks(root, ds_config, stage: int) -> Run:
+    out = root / f"two_ranks_zero{stage}"
+    return run_ok(f"2 ranks ZeRO-{stage} micro 2",
+                  launcher_cmd(2, train_args(ds_config(stage, 2), TINY, out)), out, child_env())
+
+
+@pytest.fixture(scope="module")
+def zero2(root, ds_config) -> Run:
+    return _two_ranks(root, ds_config, 2)
+
+
+@pytest.fixture(scope="module")
+def zero3(root, ds_config) -> Run:
+    return _two_ranks(root, ds_config, 3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(references) -> Run:
+    result = references["uninterrupted"]
+    assert_run_outputs(result, RESUME_STEPS)
+    assert steps_of(log_rows(result.out_dir)) == list(range(1, RESUME_STEPS + 1))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# 1. two ranks (ZeRO-2 / ZeRO-3) == one rank with twice the micro batch
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_match_one_rank_with_double_micro_batch(stage, request, one_rank):
+    two = request.getfixturevalue(f"zero{stage}")
+    assert_run_outputs(two, STEPS)
+    assert_run_outputs(one_rank, STEPS)
+    reference = log_rows(one_rank.out_dir)
+    assert steps_of(reference) == list(range(1, STEPS + 1))
+    _assert_trains(reference)
+    assert_rows_close(log_rows(two.out_dir), reference, LOSS_RTOL,
+                      f"2 ranks ZeRO-{stage} x micro 2 vs 1 rank x micro 4")
+    # The csv_monitor of the shipped config writes under the run directory.
+    assert (two.out_dir / "monitor").is_dir()
+
+
+# --------------------------------------------------------------------------------------------
+# 2. routes agree on all ranks, and the trainer's check would notice if they did not
+# --------------------------------------------------------------------------------------------
+def test_route_check_passes_and_stops_a_run_whose_ranks_route_differently(root, ds_config,
+                                                                          zero2):
+    # The runs above check the route digest after every step (route_check_every: 1) and passed.
+    preset = json.loads((zero2.out_dir / "preset.json").read_text())
+    assert preset["train"]["route_check_every"] == 1
+    assert_run_outputs(zero2, STEPS)
+    # The same run with rank 1 routing from another seed must stop at the first check.
+    out = root / "skewed_routes"
+    args = [str(SKEWED_WORKER), *train_args(ds_config(2, 2), TINY, out)[1:]]
+    result = run_ranks("2 ranks, rank 1 with another routing seed", args, 2, out)
+    assert result.rc not in (0, None), f"the route mismatch went unnoticed\n{result.describe()}"
+    assert "AdaMix routes differ across ranks at step 1: ranks [1] disagree with rank 0" in \
+        result.output, result.describe()
+    assert steps_of(log_rows(out)) == [1]  # stopped right after the first step's check
+
+
+# --------------------------------------------------------------------------------------------
+# 3. the ZeRO-3 adaptation export is complete
+# --------------------------------------------------------------------------------------------
+def _fresh_model(preset_json: Path):
+    """The run's model as train_nlg builds it before training (same seeds), on this process."""
+    from adamix_ds.backbones import load_backbone
+    from adamix_ds.inject import inject_adamix
+    from adamix_ds.routing import counter_hash
+    from adamix_ds.training import trainer
+    from adamix_ds.training.preset import Preset
+
+    preset = Preset.from_dict(json.loads(preset_json.read_text()), source=str(preset_json))
+    model = load_backbone(preset.backbone, init=preset.init, seed=preset.train.seed,
+                          **preset.backbone_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(counter_hash(preset.train.seed, trainer._EXPERT_INIT_STREAM) >> 1)
+        inject_adamix(model, preset.adamix)
+    return model, preset
+
+
+def test_zero3_adaptation_export_is_complete_and_equals_zero2(zero2, zero3, one_rank):
+    from adamix_ds.checkpoint import adaptation_state_dict, load_adaptation
+    from adamix_ds.inject import saved_parameters
+
+    model, preset = _fresh_model(zero3.out_dir / "preset.json")
+    initial = adaptation_state_dict(model, preset.adamix)
+    meta = load_adaptation(model, zero3.out_dir / "adaptation", preset.adamix)
+    assert meta["step"] == STEPS
+    loaded = {n: p.detach().clone() for n, p in saved_parameters(model, preset.adamix).items()}
+    assert len(loaded) == 2 * 2 * 2  # 2 layers x (q, v) x (lora_a, lora_b)
+    for name, tensor in loaded.items():
+        assert tensor.numel() > 0 and tensor.shape == initial[name].shape, name
+        assert torch.isfinite(tensor).all(), name
+        change = (tensor - initial[name]).abs().max().item()
+        assert change > 1e-3, f"{name} was exported untrained (max change {change:.3g})"
+        if name.endswith("lora_b"):  # B starts at 0
+            assert tensor.abs().max().item() > 1e-3, name
+        else:  # `initial` is this run's init: Adam moved A by <~ the sum of the LRs (0.15 here),
+            # an A drawn from another seed would differ by ~0.4 (U(-1/sqrt(32), 1/sqrt(32))).
+            assert change < 0.25, f"{name}: initial values not reproduced ({change:.3g})"
+    # Same data, same routes: ZeRO-3 (gathered from 2 partitions) == ZeRO-2 == 1 rank.
+    assert_tensors_close(loaded, adaptation_tensors(zero2.out_dir), 1e-6, "ZeRO-3 vs ZeRO-2")
+    assert_tensors_close(loaded, adaptation_tensors(one_rank.out_dir), WEIGHT_ATOL,
+                         "2 ranks ZeRO-3 vs 1 rank")
+
+
+# --------------------------------------------------------------------------------------------
+# 4. exact resume: --max_steps 4, then the same command with --max_steps 8
+# --------------------------------------------------------------------------------------------
+def test_resume_continues_exactly(root, ds_config, uninterrupted):
+    out = root / "resumed"
+    args = train_args(ds_config(0, 2), TINY_DROPOUT, out)
+    first = run_ok("resume: first 4 steps", single_cmd([*args, "--max_steps", "4"]), out,
+                   single_process_env())
+    assert_run_outputs(first, 4)
+    second = run_ok("resume: steps 5-8", single_cmd([*args, "--max_steps", "8"]), out,
+                    single_process_env())
+    assert_run_outputs(second, 8)
+    rows, reference = log_rows(out), log_rows(uninterrupted.out_dir)
+    assert steps_of(rows) == list(range(1, 9))
+    # Steps 1-4 equal too: the warmup outlasts both runs, so the LR schedule is the same.
+    assert_rows_close(rows, reference[:8], EXACT_RTOL, "resumed vs uninterrupted")
+
+
+# --------------------------------------------------------------------------------------------
+# 5. preemption: a signal -> checkpoint at a step boundary on every rank, exit 0, exact resume
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Preemption:
+    signum: signal.Signals
+    world: int
+    signalled: tuple[int, ...]  # ranks that get the signal
+    ds_stage: int
+    preset: Path
+    steps: int                  # the preset's max_steps
+    min_steps: int              # logged steps before the signal
+    reference: str              # fixture: the same run, uninterrupted
+
+
+PREEMPTIONS = {
+    # 1 process started without a launcher (env:// variables), dropout on.
+    "SIGTERM-1-process": Preemption(signal.SIGTERM, 1, (0,), 0, TINY_DROPOUT, RESUME_STEPS, 3,
+                                    "uninterrupted"),
+    # 2 ranks, ZeRO-2, only rank 1 signalled: the ranks must agree to stop at the same step
+    # (the checkpoint save is collective). Reference: the 2-rank ZeRO-2 run of test 1.
+    "SIGUSR1-2-ranks-rank-1-only": Preemption(signal.SIGUSR1, 2, (1,), 2, TINY, STEPS, 2,
+                                              "zero2"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREEMPTIONS))
+def test_preemption_checkpoints_and_resumes_exactly(case, request, root, ds_config):
+    spec = PREEMPTIONS[case]
+    reference = request.getfixturevalue(spec.reference)
+    out = root / f"preempted_{case}"
+    args = train_args(ds_config(spec.ds_stage, 2), spec.preset, out)
+    ranks = Ranks(f"{case}: until the signal", args, spec.world, out)
+    try:
+        while len(log_rows(out)) < spec.min_steps:  # handlers are installed before step 1
+            if not ranks.running() or time.monotonic() - ranks.start > RUN_TIMEOUT:
+                pytest.fail(f"the run ended or stalled before step {spec.min_steps}\n"
+                            f"{ranks.result().describe()}")
+            time.sleep(0.05)
+        for rank in spec.signalled:
+            ranks.procs[rank].send_signal(spec.signum)
+        stopped = ranks.finish(timeout=time.monotonic() - ranks.start + 60)
+    finally:
+        for proc in ranks.procs:
+            _kill_tree(proc)
+    assert stopped.rc == 0, stopped.describe()
+    rows = log_rows(out)
+    k = len(rows)
+    assert spec.min_steps <= k < spec.steps, stopped.describe()
+    assert steps_of(rows) == list(range(1, k + 1)), stopped.describe()
+    # Every rank stopped at the same step (rank 0 when only rank 1 got the signal, too).
+    assert stopped.output.count(f"train_nlg: preempted at step {k};") == spec.world, \
+        stopped.describe()
+    # A complete checkpoint of step k: `latest` names it and its directory holds every rank's
+    # files (DeepSpeed's names: ZeRO-2 optimizer partitions per rank).
+    checkpoints = out / "checkpoints"
+    tag = f"step{k:08d}"
+    assert (checkpoints / "latest").read_text().strip() == tag
+    files = sorted(p.name for p in (checkpoints / tag).iterdir())
+    assert "mp_rank_00_model_states.pt" in files, files
+    if spec.world > 1:
+        for rank in range(spec.world):
+            assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files, files
+    assert not list(checkpoints.glob(".latest.tmp*"))
+    assert json.loads((out / "adaptation" / "adamix_config.json").read_text())["step"] == k
+
+    resumed = run_ranks(f"{case}: resumed", args, spec.world, out)
+    assert resumed.rc == 0, resumed.describe()
+    assert_run_outputs(resumed, spec.steps)
+    expected = log_rows(reference.out_dir)
+    rows = log_rows(out)
+    assert steps_of(rows) == list(range(1, spec.steps + 1))
+    if spec.preset == TINY:
+        _assert_trains(expected)
+    assert_rows_close(rows, expected, EXACT_RTOL, f"preempted at {k} + resumed vs uninterrupted")
+    assert_tensors_close(adaptation_tensors(out), adaptation_tensors(reference.out_dir), 1e-7,
+                         "final experts, preempted + resumed vs uninterrupted")
+
+
+# --------------------------------------------------------------------------------------------
+# 6. mpirun (mpich from PyPI) == the DeepSpeed launcher
+# --------------------------------------------------------------------------------------------
+def test_mpirun_two_ranks_match_deepspeed_launcher(root, ds_config, zero2):
+    mpirun = BIN / "mpirun"
+    if not mpirun.exists():
+        pytest.skip(f"no {mpirun}: pip install -e '.[mpi]' (mpich, mpi4py)")
+    pytest.importorskip("mpi4py", reason="DeepSpeed's MPI discovery needs mpi4py")
+    out = root / "mpirun_zero2"
+    cmd = [str(mpirun), "-np", "2", "-env", "MASTER_ADDR", "127.0.0.1",
+           "-env", "MASTER_PORT", str(free_port()),
+           *single_cmd(train_args(ds_config(2, 2), TINY, out))]
+    result = run_ok("mpirun 2 ranks ZeRO-2 micro 2", cmd, out, child_env())
+    assert_run_outputs(result, STEPS)
+    assert_rows_close(log_rows(out), log_rows(zero2.out_dir), EXACT_RTOL,
+                      "mpirun vs deepspeed launcher")
+    assert_tensors_close(adaptation_tensors(out), adaptation_tensors(zero2.out_dir), 1e-7,
+                         "mpirun vs deepspeed launcher")
+
+
+# --------------------------------------------------------------------------------------------
+# 7. bad input: exit 2 with a message naming the culprit, before training starts
+# --------------------------------------------------------------------------------------------
+def _bad_batch_config(tmp_path: Path) -> tuple[list[str], list[str]]:
+    config = json.loads((REPO_ROOT / "ds_configs" / "cpu_zero0.json").read_text())
+    config.update(train_micro_batch_size_per_gpu=2, train_batch_size=16)  # 2 x 1 x 1 != 16
+    path = tmp_path / "contradicting.json"
+    path.write_text(json.dumps(config))
+    return (["--ds_config", str(path)],
+            [str(path), "train_batch_size 16 != train_micro_batch_size_per_gpu 2"])
+
+
+def _empty_data_dir(tmp_path: Path) -> tuple[list[str], list[str]]:
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    return (["--data_dir", str(empty)],
+            ["e2e train file not found", str(empty / "train.txt")])
+
+
+def _unknown_backbone(tmp_path: Path) -> tuple[list[str], list[str]]:
+    return (["--backbone", "no-such-backbone"], ["unknown backbone 'no-such-backbone'"])
+
+
+def _target_matches_nothing(tmp_path: Path) -> tuple[list[str], list[str]]:
+    values = yaml.safe_load(TINY.read_text())
+    pattern = r"transformer\.h\.\d+\.attn\.no_such_proj"
+    values["adamix"]["targets"] = ["q", pattern]
+    path = tmp_path / "bad_target.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return (["--preset", str(path)],
+            [f"target {pattern!r}", "matches no module", "transformer.h.{i}.attn.c_attn"])
+
+
+BAD_INPUTS = {"contradicting-ds-config": _bad_batch_config, "empty-data-dir": _empty_data_dir,
+              "unknown-backbone": _unknown_backbone,
+              "target-matches-nothing": _target_matches_nothing}
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(root, ds_config) -> dict[str, tuple[Run, list[str]]]:
+    """All bad-input runs at once (each is ~10 s of imports, then the error): case -> (run,
+    strings its output must contain)."""
+    started = {}
+    for case, make in BAD_INPUTS.items():
+        case_dir = root / f"bad_{case}"
+        case_dir.mkdir()
+        flags, expected = make(case_dir)
+        out = case_dir / "run"
+        args = train_args(ds_config(0, 2), TINY, out)
+        for flag, value in zip(flags[::2], flags[1::2]):  # replace or append
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        log = case_dir / "output.log"
+        with open(log, "w") as handle:
+            proc = subprocess.Popen(single_cmd(args), cwd=REPO_ROOT, env=single_process_env(),
+                                    stdout=handle, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        started[case] = (proc, log, out, expected, time.monotonic())
+    results = {}
+    for case, (proc, log, out, expected, start) in started.items():
+        try:
+            proc.wait(timeout=max(1.0, ERROR_TIMEOUT - (time.monotonic() - start)))
+        except subprocess.TimeoutExpired:
+            pass  # rc None: reported by the test
+        finally:
+            _kill_tree(proc)
+            proc.wait()
+        rc = proc.returncode if proc.returncode is not None and proc.returncode >= 0 else None
+        results[case] = (Run(case, rc, log.read_text(), out, time.monotonic() - start), expected)
+    return results
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_before_training(case, bad_input_runs):
+    result, expected = bad_input_runs[case]
+    assert result.rc == 2, result.describe()
+    assert result.seconds < ERROR_TIMEOUT
+    errors = [line for line in result.output.splitlines() if line.startswith("train_nlg: error:")]
+    assert errors, result.describe()
+    for part in expected:
+        assert part in result.output, f"{part!r} missing\n{result.describe()}"
+    assert "Traceback" not in result.output, result.describe()
+    out = result.out_dir
+    assert not (out / "train_log.csv").exists() and not (out / "checkpoints").exists()
