@@ -63,3 +63,7 @@ def test_sbatch_script_runs_two_ranks(tmp_path):
     with open(out_dir / "train_log.csv", newline="") as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2"]
     assert (out_dir / "adaptation" / "adamix_model.safetensors").is_file()
+    # Feedback: the loss curve, and DeepSpeed's CSV monitor (enabled in cpu_zero2.json).
+    assert (out_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out_dir / "monitor" / "adamix" / "Train_adamix_loss.csv", newline="") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2"]
