@@ -87,6 +87,14 @@ def test_preset_values_are_the_files_values(path):
 
 
 # --- errors ---------------------------------------------------------------------------------------
+def _load_error(tmp_path, text: str) -> tuple[Path, str]:
+    """Write a preset, load it, return (path, the ConfigError's message); loading must fail."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        Preset.load(path)
+    return path, str(err.value)
+
+
 def test_missing_preset_file(tmp_path):
     """A missing preset names the path."""
     path = tmp_path / "none.yaml"
@@ -101,10 +109,7 @@ def test_missing_preset_file(tmp_path):
 ])
 def test_unknown_key_names_file_and_key(tmp_path, text, key):
     """A typo at top level, under train or under adamix is a ConfigError naming file and key."""
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        Preset.load(path)
-    message = str(err.value)
+    path, message = _load_error(tmp_path, text)
     assert str(path) in message and repr(key) in message, message
 
 
@@ -138,10 +143,7 @@ def test_invalid_yaml_reports_file_and_line(tmp_path):
 ])
 def test_invalid_values_name_the_field(tmp_path, text, field):
     """Invalid values are ConfigErrors naming the file and the field."""
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        Preset.load(path)
-    message = str(err.value)
+    path, message = _load_error(tmp_path, text)
     assert str(path) in message and field in message, message
 
 

@@ -109,6 +109,7 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
     flag = PreemptionFlag()
     pad_id = tokenizer.eos_token_id
     sums, logged, micro_in_step, status = [0.0] * 5, [], 0, "finished"
+    saved_step: Optional[int] = None  # the final save is skipped when this step is already saved
     tick = time.perf_counter()
 
     def state() -> dict[str, Any]:
@@ -157,13 +158,14 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
                 if status == "preempted" or (train.save_every and step % train.save_every == 0):
                     _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir,
                           preset)
+                    saved_step = step
                 if status == "preempted" or step >= total_steps:
                     break
             else:
                 position["epoch"], position["batch"] = position["epoch"] + 1, 0
     finally:
         flag.restore()
-    if status == "finished" and not (train.save_every and step % train.save_every == 0):
+    if status == "finished" and saved_step != step:
         _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir, preset)
     curve = monitor.close()
     if rank == 0 and curve is not None:
