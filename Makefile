@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,peft,train]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,peft,train,eval]"
 	touch $@
 
 install: $(STAMP)

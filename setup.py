@@ -21,6 +21,8 @@ setup(
         "peft": ["peft>=0.13"],
         "train": ["deepspeed>=0.15", "datasets>=2.19", "tqdm", "tensorboard", "matplotlib",
                   "pyyaml"],
+        # NLG scoring: the COCO caption jars (PTB tokenizer, METEOR 1.5), sacrebleu, HF evaluate.
+        "eval": ["pycocoevalcap>=1.2", "sacrebleu>=2.3", "evaluate>=0.4", "matplotlib"],
         "mpi": ["mpi4py>=3.1", "mpich"],  # mpirun + libmpi from PyPI, for MPI launch and its test
         "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich"],
     },

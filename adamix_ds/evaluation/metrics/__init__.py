@@ -1,0 +1,7 @@
+"""NLG metrics: the official E2E scorer (BLEU, NIST, METEOR, ROUGE_L, CIDEr) and the WebNLG / DART
+metrics (BLEU as multi-bleu-detok, METEOR, TER), in pure Python plus the METEOR 1.5 and PTB
+tokenizer jars that the PyPI ``pycocoevalcap`` package ships."""
+from .base import MetricResult
+from .java import JavaNotFoundError, find_java, pycocoevalcap_jar
+
+__all__ = ["MetricResult", "JavaNotFoundError", "find_java", "pycocoevalcap_jar"]
