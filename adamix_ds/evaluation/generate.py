@@ -113,3 +113,25 @@ def decode_contexts(model: nn.Module, tokenizer: Any, contexts: Sequence[str],
             for i, tokens in zip(chunk, outputs):
                 texts[unique[i]] = tokenizer.decode(tokens).strip()
     return [texts[c] for c in contexts]
+
+
+def decode_sharded(model: nn.Module, tokenizer: Any, contexts: Sequence[str], rank: int = 0,
+                   world_size: int = 1, **decode_kwargs: Any) -> list[str]:
+    """:func:`decode_contexts` split over ranks; every rank returns all outputs in input order.
+
+    Contexts are ranked by length and dealt round-robin, so each rank gets a similar mix of long
+    and short prompts; the outputs come back through one ``all_gather_object``.
+    """
+    if world_size == 1:
+        return decode_contexts(model, tokenizer, contexts, **decode_kwargs)
+    lengths = [len(ids) for ids in tokenizer(list(contexts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(contexts)), key=lambda i: -lengths[i])
+    mine = order[rank::world_size]
+    outputs = decode_contexts(model, tokenizer, [contexts[i] for i in mine], **decode_kwargs)
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, list(zip(mine, outputs)))
+    by_index = dict(pair for part in gathered for pair in part)
+    missing = [i for i in range(len(contexts)) if i not in by_index]
+    if missing:
+        raise RuntimeError(f"{len(missing)} contexts came back from no rank (first: {missing[0]})")
+    return [by_index[i] for i in range(len(contexts))]

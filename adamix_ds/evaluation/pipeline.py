@@ -1,0 +1,166 @@
+"""Checkpoint -> model for decoding -> outputs on disk -> scores: the pieces the launch scripts use.
+
+A checkpoint is either an AdaMix adaptation directory (``adamix_config.json`` + safetensors, written by the
+trainer or ``adamix-ds merge``; its metadata carries the run's preset, so the backbone, its random
+init seed and the data set are found without flags) or a PEFT export (``adapter_config.json``,
+written by ``adamix-ds export``), which is merged into the backbone.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones import load_backbone
+from ..checkpoint import CONFIG_FILE, atomic_directory, load_adaptation, read_adaptation_config
+from ..config import AdaMixConfig
+from ..data import group_references, load_nlg_records, load_tokenizer
+from ..inject import inject_adamix
+from ..merging import fold_lora, merge_experts
+from ..routing import Router
+from .metrics.base import MetricResult
+
+TASKS = ("e2e", "webnlg", "dart")
+
+
+@dataclass
+class DecodingModel:
+    """A model ready to decode, with what is needed to route it and to find its data.
+
+    Attributes:
+        model: the causal LM (AdaMix-injected, or a PEFT model merged into the backbone).
+        router: the AdaMix router (``None`` for a PEFT export: no experts to route).
+        tokenizer: the run's GPT-2 BPE.
+        preset: the training preset stored with the checkpoint (``{}`` if none).
+        config: the AdaMix config (``None`` for a PEFT export).
+        source: ``adaptation`` | ``peft``.
+    """
+
+    model: nn.Module
+    router: Optional[Router]
+    tokenizer: Any
+    preset: dict[str, Any]
+    config: Optional[AdaMixConfig]
+    source: str
+
+
+def _tokenizer_for(preset: dict[str, Any], backbone: str, override: Optional[str]) -> Any:
+    if override:
+        return load_tokenizer(override)
+    if preset.get("tokenizer"):
+        return load_tokenizer(preset["tokenizer"])
+    folder = Path(backbone)
+    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder)
+    return load_tokenizer()  # the bundled GPT-2 BPE
+
+
+def load_decoding_model(checkpoint: str | Path, backbone: Optional[str] = None,
+                        init: Optional[str] = None, tokenizer: Optional[str] = None,
+                        merge: bool = True, dtype: Optional[torch.dtype] = None,
+                        device: Optional[torch.device] = None) -> DecodingModel:
+    """Build the backbone, load the adaptation, and (``merge``) serve the merged experts.
+
+    Args:
+        checkpoint: adaptation directory or PEFT export directory.
+        backbone / init / tokenizer: override the preset stored in the checkpoint (a PEFT export
+            has none: ``backbone`` is then its ``base_model_name_or_path`` unless given).
+        merge: average the experts (Eq. 3) and fold LoRA updates into the base weights, so
+            decoding costs what the backbone alone costs; ``False`` keeps the mixture for the
+            routing ablations.
+    """
+    path = Path(checkpoint)
+    if (path / CONFIG_FILE).is_file():
+        cfg, meta = read_adaptation_config(path)
+        preset = meta.get("preset") or {}
+        name = backbone or preset.get("backbone")
+        if name is None:
+            raise ValueError(f"{path}: the checkpoint stores no preset; pass --backbone")
+        mode = init or preset.get("init", "pretrained")
+        # The same call as the trainer's, so a random-init backbone gets the same seeded weights.
+        model = load_backbone(name, init=mode, seed=preset.get("train", {}).get("seed", 0),
+                              **(preset.get("backbone_config") or {}))
+        router = inject_adamix(model, cfg).router
+        load_adaptation(model, path, cfg)
+        if merge:
+            if meta.get("merged") is None:
+                merge_experts(model, "average")
+            if cfg.method == "lora":
+                fold_lora(model)
+        result = DecodingModel(model, router, _tokenizer_for(preset, name, tokenizer), preset, cfg,
+                               "adaptation")
+    elif (path / "adapter_config.json").is_file():
+        result = _load_peft(path, backbone, init or "pretrained", tokenizer)
+    else:
+        raise FileNotFoundError(f"{path}: neither an AdaMix adaptation ({CONFIG_FILE}) nor a PEFT "
+                                "export (adapter_config.json)")
+    result.model.to(device=device, dtype=dtype).eval()
+    return result
+
+
+def _load_peft(path: Path, backbone: Optional[str], init: str, tokenizer: Optional[str]
+               ) -> DecodingModel:
+    from peft import PeftConfig, PeftModel
+
+    base_name = backbone or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    if not base_name:
+        raise ValueError(f"{path}: the PEFT export names no base model; pass --backbone")
+    base = load_backbone(base_name, init=init)
+    model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return DecodingModel(model, None, _tokenizer_for({}, base_name, tokenizer), {}, None, "peft")
+
+
+def split_groups(task: str, split: str, data_dir: Optional[str], limit: Optional[int] = None
+                ) -> list[dict[str, Any]]:
+    """The unique contexts of a split with their grouped references, in the official order."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {list(TASKS)}, got {task!r}")
+    groups = group_references(load_nlg_records(task, split, data_dir))
+    return groups[:limit] if limit else groups
+
+
+def one_line(text: str) -> str:
+    """An output as one line of the official formats (a generated newline becomes a space)."""
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def write_generation(directory: str | Path, groups: Sequence[dict[str, Any]],
+                     hypotheses: Sequence[str], meta: dict[str, Any]) -> Path:
+    """Write one decode, atomically, in the scorers' formats.
+
+    Files: ``hypotheses.txt`` (one output per line, official order), ``references.txt`` (each
+    context's references, groups separated by a blank line: the E2E scorer's format),
+    ``contexts.txt``, ``categories.txt`` (WebNLG), ``generation.json`` (settings and timing).
+    """
+    if len(groups) != len(hypotheses):
+        raise ValueError(f"{len(hypotheses)} outputs for {len(groups)} contexts")
+    with atomic_directory(directory) as tmp:
+        (tmp / "hypotheses.txt").write_text("".join(one_line(h) + "\n" for h in hypotheses))
+        (tmp / "references.txt").write_text(
+            "\n".join("".join(one_line(r) + "\n" for r in g["references"]) for g in groups))
+        (tmp / "contexts.txt").write_text("".join(one_line(g["context"]) + "\n" for g in groups))
+        if all("category" in g for g in groups):
+            (tmp / "categories.txt").write_text("".join(g["category"] + "\n" for g in groups))
+        (tmp / "generation.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(directory)
+
+
+def score_outputs(task: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                  categories: Optional[Sequence[str]] = None, java: Optional[str] = None
+                  ) -> dict[str, MetricResult]:
+    """Score with the task's official metrics; subsets ``all`` (+ WebNLG ``seen`` / ``unseen``)."""
+    if task == "e2e":
+        from .metrics.e2e import score_e2e
+        return {"all": score_e2e(hypotheses, references, java=java)}
+    if task == "webnlg":
+        from .metrics.webnlg import score_webnlg
+        return score_webnlg(hypotheses, references, categories=categories, java=java)
+    if task == "dart":
+        from .metrics.webnlg import score_dart
+        return {"all": score_dart(hypotheses, references, java=java)}
+    raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
