@@ -21,10 +21,11 @@ setup(
         "peft": ["peft>=0.13"],
         "train": ["deepspeed>=0.15", "datasets>=2.19", "tqdm", "tensorboard", "matplotlib",
                   "pyyaml"],
-        # NLG scoring: the COCO caption jars (PTB tokenizer, METEOR 1.5), sacrebleu, HF evaluate.
-        "eval": ["pycocoevalcap>=1.2", "sacrebleu>=2.3", "evaluate>=0.4", "matplotlib"],
+        # NLG scoring: the COCO caption jars (PTB tokenizer, METEOR 1.5), nltk (GenerationEval's
+        # tokenizer for WebNLG / DART METEOR and TER), HF evaluate; sacrebleu is a test reference.
+        "eval": ["pycocoevalcap>=1.2", "sacrebleu>=2.3", "evaluate>=0.4", "matplotlib", "nltk>=3.5"],
         "mpi": ["mpi4py>=3.1", "mpich"],  # mpirun + libmpi from PyPI, for MPI launch and its test
-        "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich"],
+        "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich", "pyter3==0.3"],
     },
     entry_points={"console_scripts": ["adamix-ds=adamix_ds.cli:main"]},
 )

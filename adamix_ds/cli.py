@@ -1,7 +1,9 @@
-"""``adamix-ds`` command line: inspect | merge | export.
+"""``adamix-ds`` command line: inspect | merge | export | score.
 
     adamix-ds inspect --backbone gpt2-medium --init random --method adapter --experts 8 \\
         --bottleneck 8 --share up --json
+    adamix-ds score webnlg --refs references_webnlg/reference --hyp hypothesis_webnlg \\
+        --categories categories.txt
 """
 from __future__ import annotations
 
@@ -84,6 +86,78 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+SCORE_TASKS = ("e2e", "webnlg", "dart")
+
+
+def _score_table(results: dict, decimals: dict) -> str:
+    """Rows = subsets, columns = metrics that any subset has ('-' where one is missing)."""
+    metrics = [m for m in decimals if any(m in r.scores for r in results.values())]
+    width = max(len(name) for name in results)
+    lines = [" " * width + "".join(f"{m:>10}" for m in metrics)]
+    for name, result in results.items():
+        cells = [f"{result.scores[m]:>10.{decimals[m]}f}" if m in result.scores else f"{'-':>10}"
+                 for m in metrics]
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _read_score_inputs(args: argparse.Namespace):
+    """(hypotheses, references, categories or None) of ``args``; ValueError / FileNotFoundError
+    name the file at fault."""
+    if args.categories and args.task != "webnlg":
+        raise ValueError("--categories applies to webnlg only (the seen / unseen split)")
+    if args.task == "e2e":
+        from .evaluation.metrics.e2e import read_hypotheses, read_references
+        hyps, refs = read_hypotheses(args.hyp), read_references(args.refs)
+    else:
+        from .evaluation.metrics.webnlg import read_hypotheses, read_webnlg_references
+        hyps, refs = read_hypotheses(args.hyp), read_webnlg_references(args.refs)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{args.hyp} has {len(hyps)} system outputs but {args.refs} has "
+                         f"{len(refs)} reference sets (one per output is needed)")
+    categories = None
+    if args.categories:
+        from .evaluation.metrics.webnlg import read_categories
+        categories = read_categories(args.categories)
+        if len(categories) != len(hyps):
+            raise ValueError(f"{args.categories} has {len(categories)} categories but {args.hyp} "
+                             f"has {len(hyps)} system outputs (one category per output)")
+    return hyps, refs, categories
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    hyps, refs, categories = _read_score_inputs(args)
+    if args.task == "e2e":
+        from .evaluation.metrics.e2e import E2E_METRICS, score_e2e
+        results = {"all": score_e2e(hyps, refs, java=args.java)}
+        decimals = {m: 4 for m in E2E_METRICS}
+    else:
+        from .evaluation.metrics.webnlg import WEBNLG_METRICS, score_dart, score_webnlg
+        if args.task == "webnlg":
+            results = score_webnlg(hyps, refs, categories=categories, java=args.java)
+        else:
+            results = {"all": score_dart(hyps, refs, java=args.java)}
+        # BLEU as multi-bleu-detok prints it; METEOR / TER with two more digits than eval.py
+        decimals = dict(zip(WEBNLG_METRICS, (2, 4, 4)))
+    if args.json:
+        if args.task == "webnlg":
+            print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+        else:
+            print(json.dumps(results["all"].to_dict(), indent=2))
+    elif args.task == "e2e":
+        # the official measure_scores.py block
+        print("SCORES:\n==============")
+        for metric, value in results["all"].scores.items():
+            print(f"{metric}: {value:.4f}")
+    else:
+        print(_score_table(results, decimals))
+    # a failure is the same for every subset: report each metric once
+    errors = {m: e for r in results.values() for m, e in r.errors.items()}
+    for metric, error in errors.items():
+        print(f"adamix-ds score: {metric} not computed: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adamix-ds", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             p.add_argument("--mode", choices=MERGE_MODES, default="average")
         p.set_defaults(func=func)
+
+    score = sub.add_parser("score", help="official E2E / WebNLG / DART scores of system outputs",
+                           description="E2E: the e2e-metrics scorer (BLEU, NIST, METEOR, ROUGE_L, "
+                           "CIDEr). WebNLG / DART: GenerationEval's BLEU (multi-bleu-detok), "
+                           "METEOR 1.5 and TER. Exit status 1 if a metric could not be computed "
+                           "(the others are printed), 2 for unusable input files.")
+    score.add_argument("task", choices=SCORE_TASKS)
+    score.add_argument("--refs", required=True,
+                       help="references: one file of blank-line-separated groups (one group per "
+                            "output), or for webnlg / dart also GenerationEval's reference0, "
+                            "reference1, ... given by their directory or stem")
+    score.add_argument("--hyp", required=True, help="system outputs, one per line")
+    score.add_argument("--categories", help="webnlg: one category per output line; adds the "
+                                            "seen / unseen subsets")
+    score.add_argument("--java", help="java executable for METEOR (and E2E's PTB tokenizer); "
+                                      "default $ADAMIX_JAVA, then java on PATH")
+    score.add_argument("--json", action="store_true", help="print JSON (scores and errors)")
+    score.set_defaults(func=cmd_score)
     return parser
 
 

@@ -25,9 +25,9 @@ def find_java(java: Optional[str] = None) -> str:
     if resolved is None:
         source = "--java" if java else (f"${JAVA_ENV}" if os.environ.get(JAVA_ENV) else "PATH")
         raise JavaNotFoundError(
-            f"Java not found: {candidate!r} (from {source}) is not an executable. METEOR and the "
-            f"PTB tokenizer (used by METEOR, ROUGE_L and CIDEr) are Java programs; install a Java "
-            f"8+ runtime or pass --java /path/to/java (or set {JAVA_ENV}).")
+            f"Java not found: {candidate!r} (from {source}) is not an executable. METEOR 1.5 is a "
+            f"Java program (and for E2E so is the PTB tokenizer behind METEOR, ROUGE_L and "
+            f"CIDEr); install a Java 8+ runtime or pass --java /path/to/java (or set {JAVA_ENV}).")
     return resolved
 
 

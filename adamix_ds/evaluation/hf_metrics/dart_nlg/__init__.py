@@ -1,0 +1,1 @@
+"""The evaluate module script lives beside this file; see the parent package."""

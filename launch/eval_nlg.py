@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Checkpoint -> decode -> official scores, written beside the checkpoint.
+
+    python launch/eval_nlg.py --checkpoint runs/e2e_lora/adaptation
+    python launch/eval_nlg.py --checkpoint runs/e2e_lora/adaptation \\
+        --policies merged fixed random ensemble --random_routes 10     # ablations + violin plot
+    deepspeed --num_gpus 8 launch/eval_nlg.py --checkpoint ...          # decoding sharded
+
+Writes to ``--output_dir`` (default ``<checkpoint>/../eval_<split>``): ``generations/<policy>/``
+(the decoded files), ``scores.json``, ``scores.md`` (with the paper's E2E row for comparison) and,
+with ``--random_routes K``, ``routing_violin.png``: K random-routing decodes against the merged one.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from generate_nlg import DTYPES, add_decoding_args, beam_settings, init_ranks  # noqa: E402
+
+from adamix_ds.config import INFERENCE_MODES  # noqa: E402
+from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
+from adamix_ds.evaluation.pipeline import (load_decoding_model, score_outputs,  # noqa: E402
+                                           split_groups, write_generation)
+from adamix_ds.evaluation.plots import routing_violin  # noqa: E402
+from adamix_ds.evaluation.report import PAPER_ROWS, atomic_write_text, markdown_table  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_decoding_args(parser)
+    parser.add_argument("--policies", nargs="+", choices=INFERENCE_MODES, default=["merged"],
+                        help="inference policies to decode and score (the paper's ablations)")
+    parser.add_argument("--ensemble_passes", type=int, default=4,
+                        help="members of the logit ensemble (policy 'ensemble')")
+    parser.add_argument("--random_routes", type=int, default=0,
+                        help="K random-routing decodes for the routing violin plot")
+    parser.add_argument("--java", help="java executable for METEOR / PTB tokenizer")
+    parser.add_argument("--output_dir")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"eval_nlg: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    rank, world, device = init_ranks()
+    device = torch.device(args.device) if args.device else device
+    if args.random_routes < 0:
+        raise ValueError(f"--random_routes must be >= 0, got {args.random_routes}")
+    needs_experts = args.random_routes > 0 or set(args.policies) != {"merged"}
+    loaded = load_decoding_model(args.checkpoint, backbone=args.backbone, init=args.init,
+                                 tokenizer=args.tokenizer, merge=not needs_experts,
+                                 dtype=DTYPES[args.dtype], device=device)
+    task = args.task or loaded.preset.get("task", "e2e")
+    data_dir = args.data_dir if args.data_dir is not None else loaded.preset.get("data_dir")
+    groups = split_groups(task, args.split, data_dir, args.limit)
+    refs = [g["references"] for g in groups]
+    categories = [g["category"] for g in groups] if all("category" in g for g in groups) else None
+    out = Path(args.output_dir) if args.output_dir else \
+        Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
+    settings = beam_settings(args)
+
+    def decode_and_score(name: str, inference: str, passes: int = 1, draw: int = 0
+                         ) -> Optional[dict[str, Any]]:
+        start = time.perf_counter()
+        hyps = decode_sharded(loaded.model, loaded.tokenizer, [g["context"] for g in groups],
+                              rank=rank, world_size=world, settings=settings,
+                              batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                              router=loaded.router, inference=inference, ensemble_passes=passes,
+                              route_draw=draw)
+        seconds = time.perf_counter() - start
+        if rank != 0:
+            return None
+        write_generation(out / "generations" / name, groups, hyps,
+                         {"checkpoint": str(args.checkpoint), "task": task, "split": args.split,
+                          "inference": inference, "ensemble_passes": passes, "route_draw": draw,
+                          "decode_seconds": round(seconds, 3)})
+        results = score_outputs(task, hyps, refs, categories, java=args.java)
+        scored = {subset: r.to_dict() for subset, r in results.items()}
+        print(f"[{name}] decoded {len(groups)} in {seconds:.1f}s: " + ", ".join(
+            f"{m} {v:.4f}" for m, v in results["all"].scores.items()))
+        return {"inference": inference, "ensemble_passes": passes, "route_draw": draw,
+                "decode_seconds": round(seconds, 3), "subsets": scored}
+
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "task": task,
+                              "split": args.split, "contexts": len(groups), "ranks": world,
+                              "beam": dataclasses.asdict(settings),
+                              "policies": {}}
+    for policy in dict.fromkeys(args.policies):
+        passes = args.ensemble_passes if policy == "ensemble" else 1
+        report["policies"][policy] = decode_and_score(policy, policy, passes)
+    if args.random_routes:
+        merged = report["policies"].get("merged") or decode_and_score("merged", "merged")
+        report["policies"]["merged"] = merged
+        draws = [decode_and_score(f"random_draw{k}", "random", draw=k)
+                 for k in range(args.random_routes)]
+        report["random_routes"] = draws
+    if rank == 0:
+        _write_report(out, report, task)
+    if world > 1:
+        torch.distributed.barrier()
+    return 0 if rank or _all_scored(report) else 1
+
+
+def _all_scored(report: dict[str, Any]) -> bool:
+    runs = list(report["policies"].values()) + list(report.get("random_routes", []))
+    return all(not subset["errors"] for run in runs for subset in run["subsets"].values())
+
+
+def _write_report(out: Path, report: dict[str, Any], task: str) -> None:
+    """scores.json + scores.md (+ the violin PNG) next to the generations, each written atomically."""
+    paper = PAPER_ROWS.get(task, {})
+    report["paper"] = paper
+    table = markdown_table(report, paper)
+    atomic_write_text(out / "scores.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "scores.md", table)
+    print(table)
+    if report.get("random_routes"):
+        merged = report["policies"]["merged"]["subsets"]["all"]["scores"]
+        draws = [run["subsets"]["all"]["scores"] for run in report["random_routes"]]
+        metrics = [m for m in merged if all(m in d for d in draws)]
+        png = routing_violin({m: [d[m] for d in draws] for m in metrics}, merged,
+                             out / "routing_violin.png",
+                             title=f"{task} {report['split']}: {len(draws)} random routes vs merged")
+        print(f"routing analysis: {png}")
+    print(f"scores: {out / 'scores.json'}, {out / 'scores.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
