@@ -29,8 +29,10 @@ from generate_nlg import DTYPES, add_decoding_args, beam_settings, init_ranks  #
 
 from adamix_ds.config import INFERENCE_MODES  # noqa: E402
 from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
+from adamix_ds.evaluation.metrics.meteor import Meteor15  # noqa: E402
+from adamix_ds.evaluation.metrics.java import JavaNotFoundError  # noqa: E402
 from adamix_ds.evaluation.pipeline import (load_decoding_model, score_outputs,  # noqa: E402
-                                           split_groups, write_generation)
+                                           scored_texts, split_groups, write_generation)
 from adamix_ds.evaluation.plots import routing_violin  # noqa: E402
 from adamix_ds.evaluation.report import PAPER_ROWS, atomic_write_text, markdown_table  # noqa: E402
 
@@ -70,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     task = args.task or loaded.preset.get("task", "e2e")
     data_dir = args.data_dir if args.data_dir is not None else loaded.preset.get("data_dir")
     groups = split_groups(task, args.split, data_dir, args.limit)
-    refs = [g["references"] for g in groups]
     categories = [g["category"] for g in groups] if all("category" in g for g in groups) else None
     out = Path(args.output_dir) if args.output_dir else \
         Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
@@ -87,11 +88,13 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         if rank != 0:
             return None
-        write_generation(out / "generations" / name, groups, hyps,
+        write_generation(out / "generations" / name, task, groups, hyps,
                          {"checkpoint": str(args.checkpoint), "task": task, "split": args.split,
                           "inference": inference, "ensemble_passes": passes, "route_draw": draw,
                           "decode_seconds": round(seconds, 3)})
-        results = score_outputs(task, hyps, refs, categories, java=args.java)
+        scored_hyps, scored_refs, _ = scored_texts(task, hyps, groups)
+        results = score_outputs(task, scored_hyps, scored_refs, categories, java=args.java,
+                                meteor=meteor)
         scored = {subset: r.to_dict() for subset, r in results.items()}
         print(f"[{name}] decoded {len(groups)} in {seconds:.1f}s: " + ", ".join(
             f"{m} {v:.4f}" for m, v in results["all"].scores.items()))
@@ -102,20 +105,39 @@ def run(args: argparse.Namespace) -> int:
                               "split": args.split, "contexts": len(groups), "ranks": world,
                               "beam": dataclasses.asdict(settings),
                               "policies": {}}
-    for policy in dict.fromkeys(args.policies):
-        passes = args.ensemble_passes if policy == "ensemble" else 1
-        report["policies"][policy] = decode_and_score(policy, policy, passes)
-    if args.random_routes:
-        merged = report["policies"].get("merged") or decode_and_score("merged", "merged")
-        report["policies"]["merged"] = merged
-        draws = [decode_and_score(f"random_draw{k}", "random", draw=k)
-                 for k in range(args.random_routes)]
-        report["random_routes"] = draws
+    meteor = _start_meteor(args.java) if rank == 0 and task == "e2e" else None
+    try:
+        _decode_all(args, report, decode_and_score)
+    finally:
+        if meteor is not None:
+            meteor.close()
     if rank == 0:
         _write_report(out, report, task)
     if world > 1:
         torch.distributed.barrier()
     return 0 if rank or _all_scored(report) else 1
+
+
+def _start_meteor(java: Optional[str]) -> Optional[Meteor15]:
+    """One METEOR process for every decode of the run (its jar loads for ~15 s); without Java the
+    scorer reports METEOR as not computed."""
+    try:
+        return Meteor15(java)
+    except (JavaNotFoundError, OSError):
+        return None
+
+
+def _decode_all(args: argparse.Namespace, report: dict[str, Any], decode_and_score: Any) -> None:
+    """The requested policies, then the random-routing draws (next to a merged decode)."""
+    for policy in dict.fromkeys(args.policies):
+        passes = args.ensemble_passes if policy == "ensemble" else 1
+        report["policies"][policy] = decode_and_score(policy, policy, passes)
+    if args.random_routes:
+        if "merged" not in report["policies"]:  # a key test, not a value one: ranks > 0 hold None
+            report["policies"]["merged"] = decode_and_score("merged", "merged")
+        draws = [decode_and_score(f"random_draw{k}", "random", draw=k)
+                 for k in range(args.random_routes)]
+        report["random_routes"] = draws
 
 
 def _all_scored(report: dict[str, Any]) -> bool:

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 "beam": dataclasses.asdict(settings),
                 "ranks": world, "device": str(device), "dtype": args.dtype,
                 "decode_seconds": round(seconds, 3)}
-        write_generation(out, groups, outputs, meta)
+        write_generation(out, task, groups, outputs, meta)
         print(f"{len(groups)} contexts decoded in {seconds:.1f}s on {world} rank(s) -> {out}")
     if world > 1:
         torch.distributed.barrier()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adamix_ds.evaluation.metrics.e2e import read_hypotheses, read_references, score_e2e
+from adamix_ds.evaluation.metrics.meteor import Meteor15
 from adamix_ds.evaluation.plots import routing_violin
 from adamix_ds.evaluation.report import PAPER_ROWS, markdown_table, paper_scale
 
@@ -36,12 +37,13 @@ def test_eval_script_decodes_scores_and_plots(toy_checkpoint: Path, tmp_path: Pa
     report = json.loads((out / "scores.json").read_text())
     assert set(report["policies"]) == {"merged", "fixed"} and len(report["random_routes"]) == 2
     # Every stored score is what the scorer gives on the files written for that decode.
-    for name in ("merged", "fixed", "random_draw0", "random_draw1"):
-        folder = out / "generations" / name
-        expected = score_e2e(read_hypotheses(folder / "hypotheses.txt"),
-                             read_references(folder / "references.txt")).scores
-        run = report["policies"].get(name) or report["random_routes"][int(name[-1])]
-        assert run["subsets"]["all"]["scores"] == pytest.approx(expected, abs=1e-12)
+    with Meteor15() as meteor:
+        for name in ("merged", "fixed", "random_draw0", "random_draw1"):
+            folder = out / "generations" / name
+            expected = score_e2e(read_hypotheses(folder / "hypotheses.txt"),
+                                 read_references(folder / "references.txt"), meteor=meteor).scores
+            run = report["policies"].get(name) or report["random_routes"][int(name[-1])]
+            assert run["subsets"]["all"]["scores"] == pytest.approx(expected, abs=1e-12)
     table = (out / "scores.md").read_text()
     assert "AdaMix-LoRA, GPT-2 M (paper) | 71.00 | 8.89 | 46.80 | 72.20 | 2.54 |" in table
     assert "random routing, 2 draws (mean ± std)" in table

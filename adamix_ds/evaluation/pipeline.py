@@ -26,6 +26,9 @@ from ..routing import Router
 from .metrics.base import MetricResult
 
 TASKS = ("e2e", "webnlg", "dart")
+# The paper's WebNLG / DART files hold at most 6 references per input (LoRA gpt2_decode.py
+# --ref_num 6, GenerationEval -nr 6).
+MAX_REFERENCES = {"webnlg": 6, "dart": 6}
 
 
 @dataclass
@@ -129,34 +132,64 @@ def one_line(text: str) -> str:
     return re.sub(r"\s*\n\s*", " ", text).strip()
 
 
-def write_generation(directory: str | Path, groups: Sequence[dict[str, Any]],
-                     hypotheses: Sequence[str], meta: dict[str, Any]) -> Path:
-    """Write one decode, atomically, in the scorers' formats.
+def scored_texts(task: str, hypotheses: Sequence[str], groups: Sequence[dict[str, Any]]
+                 ) -> tuple[list[str], list[list[str]], int]:
+    """The texts the paper's pipeline scores: ``(hypotheses, references, references dropped)``.
 
-    Files: ``hypotheses.txt`` (one output per line, official order), ``references.txt`` (each
-    context's references, groups separated by a blank line: the E2E scorer's format),
-    ``contexts.txt``, ``categories.txt`` (WebNLG), ``generation.json`` (settings and timing).
+    E2E: as decoded (the e2e-metrics scorer tokenizes itself). WebNLG / DART: lower-cased and
+    split into word / punctuation tokens (``gpt2_decode.py --tokenize --lower``), at most
+    ``MAX_REFERENCES`` references per input; the count of references beyond it is returned so
+    the caller can report it.
     """
     if len(groups) != len(hypotheses):
         raise ValueError(f"{len(hypotheses)} outputs for {len(groups)} contexts")
+    hyps = [one_line(h) for h in hypotheses]
+    refs = [[one_line(r) for r in g["references"]] for g in groups]
+    if task not in MAX_REFERENCES:
+        return hyps, refs, 0
+    from .metrics.webnlg import lora_postprocess
+
+    cap = MAX_REFERENCES[task]
+    dropped = sum(max(0, len(r) - cap) for r in refs)
+    return ([lora_postprocess(h) for h in hyps],
+            [[lora_postprocess(r) for r in group[:cap]] for group in refs], dropped)
+
+
+def write_generation(directory: str | Path, task: str, groups: Sequence[dict[str, Any]],
+                     hypotheses: Sequence[str], meta: dict[str, Any]) -> Path:
+    """Write one decode, atomically, in the scorers' formats (:func:`scored_texts`).
+
+    Files: ``hypotheses.txt`` (one output per line, official order), ``references.txt`` (each
+    context's references, groups separated by a blank line: the E2E scorer's format; both as
+    scored), ``hypotheses_raw.txt`` (WebNLG / DART: the outputs before lower-casing and
+    tokenizing), ``contexts.txt``, ``categories.txt`` (WebNLG), ``generation.json`` (settings,
+    timing, references dropped by the 6-reference cap).
+    """
+    hyps, refs, dropped = scored_texts(task, hypotheses, groups)
     with atomic_directory(directory) as tmp:
-        (tmp / "hypotheses.txt").write_text("".join(one_line(h) + "\n" for h in hypotheses))
-        (tmp / "references.txt").write_text(
-            "\n".join("".join(one_line(r) + "\n" for r in g["references"]) for g in groups))
+        (tmp / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps))
+        (tmp / "references.txt").write_text("\n".join("".join(r + "\n" for r in g) for g in refs))
+        if task in MAX_REFERENCES:
+            (tmp / "hypotheses_raw.txt").write_text("".join(one_line(h) + "\n" for h in hypotheses))
         (tmp / "contexts.txt").write_text("".join(one_line(g["context"]) + "\n" for g in groups))
         if all("category" in g for g in groups):
             (tmp / "categories.txt").write_text("".join(g["category"] + "\n" for g in groups))
-        (tmp / "generation.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "generation.json").write_text(
+            json.dumps({**meta, "references_dropped": dropped}, indent=2) + "\n")
     return Path(directory)
 
 
 def score_outputs(task: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-                  categories: Optional[Sequence[str]] = None, java: Optional[str] = None
-                  ) -> dict[str, MetricResult]:
-    """Score with the task's official metrics; subsets ``all`` (+ WebNLG ``seen`` / ``unseen``)."""
+                  categories: Optional[Sequence[str]] = None, java: Optional[str] = None,
+                  meteor: Any = None) -> dict[str, MetricResult]:
+    """Score texts prepared by :func:`scored_texts` with the task's official metrics.
+
+    Returns subsets ``all`` (+ WebNLG ``seen`` / ``unseen`` when categories are given).
+    ``meteor``: a running ``Meteor15`` to reuse across calls (E2E), saving ~15 s of jar loading.
+    """
     if task == "e2e":
         from .metrics.e2e import score_e2e
-        return {"all": score_e2e(hypotheses, references, java=java)}
+        return {"all": score_e2e(hypotheses, references, java=java, meteor=meteor)}
     if task == "webnlg":
         from .metrics.webnlg import score_webnlg
         return score_webnlg(hypotheses, references, categories=categories, java=java)
