@@ -39,6 +39,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_consistency.py
+	test -d $(DEMO_DIR)/adaptation || $(MAKE) demo
+	$(PY) benchmarks/bench_decoding.py --checkpoint $(DEMO_DIR)/adaptation
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

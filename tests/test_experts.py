@@ -16,7 +16,7 @@ route would fail. Modules are float64 so the tolerances are ~1e-10.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 import torch

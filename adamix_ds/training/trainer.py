@@ -201,5 +201,7 @@ def print_samples(preset: Preset, adaptation_dir: Path, tokenizer: Any, count: i
     outputs = decode_contexts(model.float(), tokenizer, [g["context"] for g in groups])
     print("\nMerged AdaMix model on test inputs:")
     for group, text in zip(groups, outputs):
-        print(f"  input : {group['context']}\n  output: {text}\n  ref   : {group['references'][0]}\n")
+        # An undertrained model may rank the stop token first: say so rather than print nothing.
+        shown = text or "(empty: the model stops at once; train longer or use a pretrained backbone)"
+        print(f"  input : {group['context']}\n  output: {shown}\n  ref   : {group['references'][0]}\n")
     return outputs
