@@ -35,6 +35,20 @@ def metric_path(name: str) -> str:
     return str(Path(__file__).resolve().parent / name)
 
 
+def text_metric_info(description: str, citation: str, inputs_description: str,
+                     reference_urls: list[str]) -> Any:
+    """The ``evaluate.MetricInfo`` the three modules share: string predictions, each with a
+    sequence of string references."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description, citation=citation, inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("string"),
+                                    "references": datasets.Sequence(datasets.Value("string"))}),
+        reference_urls=reference_urls)
+
+
 def flatten_results(results: Mapping[str, MetricResult], strict: bool = True) -> Dict[str, Any]:
     """One flat dict of scores, as ``evaluate`` modules return them: the ``all`` subset's metrics
     under their own names, other subsets' as ``<subset>_<metric>`` (e.g. ``seen_BLEU``).

@@ -1,10 +1,9 @@
 """DART BLEU / METEOR / TER as the AdaMix / LoRA paper reports them (GenerationEval), as a Hugging
 Face ``evaluate`` module: ``evaluate.load(adamix_ds.evaluation.hf_metrics.metric_path(
 "dart_nlg"))``. The scoring is :func:`adamix_ds.evaluation.metrics.webnlg.score_dart`."""
-import datasets
 import evaluate
 
-from adamix_ds.evaluation.hf_metrics import flatten_results
+from adamix_ds.evaluation.hf_metrics import flatten_results, text_metric_info
 from adamix_ds.evaluation.metrics.webnlg import score_dart
 
 _CITATION = """\
@@ -41,17 +40,9 @@ class DartNlg(evaluate.Metric):
     """GenerationEval's BLEU / METEOR / TER for DART."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("string"),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }),
-            reference_urls=["https://github.com/Yale-LILY/dart",
-                            "https://github.com/WebNLG/GenerationEval"],
-        )
+        return text_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                                ["https://github.com/Yale-LILY/dart",
+                                 "https://github.com/WebNLG/GenerationEval"])
 
     def _compute(self, predictions, references, java=None, strict=True):
         return flatten_results({"all": score_dart(predictions, references, java=java)},

@@ -1,10 +1,9 @@
 """The E2E NLG challenge scores (tuetschek/e2e-metrics: BLEU, NIST, METEOR, ROUGE_L, CIDEr) as a
 Hugging Face ``evaluate`` module: ``evaluate.load(adamix_ds.evaluation.hf_metrics.metric_path(
 "e2e_nlg"))``. The scoring is :func:`adamix_ds.evaluation.metrics.e2e.score_e2e`."""
-import datasets
 import evaluate
 
-from adamix_ds.evaluation.hf_metrics import flatten_results
+from adamix_ds.evaluation.hf_metrics import flatten_results, text_metric_info
 from adamix_ds.evaluation.metrics.e2e import score_e2e
 
 _CITATION = """\
@@ -42,16 +41,8 @@ class E2eNlg(evaluate.Metric):
     """The E2E challenge's five metrics."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("string"),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }),
-            reference_urls=["https://github.com/tuetschek/e2e-metrics"],
-        )
+        return text_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                                ["https://github.com/tuetschek/e2e-metrics"])
 
     def _compute(self, predictions, references, java=None, strict=True):
         return flatten_results({"all": score_e2e(predictions, references, java=java)},

@@ -1,10 +1,9 @@
 """WebNLG 2017 BLEU / METEOR / TER as the AdaMix / LoRA paper reports them (GenerationEval), as a
 Hugging Face ``evaluate`` module: ``evaluate.load(adamix_ds.evaluation.hf_metrics.metric_path(
 "webnlg_nlg"))``. The scoring is :func:`adamix_ds.evaluation.metrics.webnlg.score_webnlg`."""
-import datasets
 import evaluate
 
-from adamix_ds.evaluation.hf_metrics import flatten_results
+from adamix_ds.evaluation.hf_metrics import flatten_results, text_metric_info
 from adamix_ds.evaluation.metrics.webnlg import score_webnlg
 
 _CITATION = """\
@@ -47,17 +46,9 @@ class WebnlgNlg(evaluate.Metric):
     """GenerationEval's BLEU / METEOR / TER for WebNLG (all, seen, unseen)."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("string"),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }),
-            reference_urls=["https://github.com/WebNLG/GenerationEval",
-                            "https://github.com/microsoft/LoRA/tree/main/examples/NLG"],
-        )
+        return text_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                                ["https://github.com/WebNLG/GenerationEval",
+                            "https://github.com/microsoft/LoRA/tree/main/examples/NLG"])
 
     def _compute(self, predictions, references, categories=None, java=None, strict=True):
         results = score_webnlg(predictions, references, categories=categories, java=java)
