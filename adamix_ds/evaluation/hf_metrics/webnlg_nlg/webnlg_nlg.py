@@ -48,7 +48,7 @@ class WebnlgNlg(evaluate.Metric):
     def _info(self):
         return text_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
                                 ["https://github.com/WebNLG/GenerationEval",
-                            "https://github.com/microsoft/LoRA/tree/main/examples/NLG"])
+                                 "https://github.com/microsoft/LoRA/tree/main/examples/NLG"])
 
     def _compute(self, predictions, references, categories=None, java=None, strict=True):
         results = score_webnlg(predictions, references, categories=categories, java=java)
