@@ -13,6 +13,7 @@ from .nlg import (
     load_nlg_dataset,
     load_nlg_records,
     load_tokenizer,
+    tokenizer_source,
     resolve_split_file,
 )
 from .paths import ASSETS_DIR, REPO_ROOT, bundled_asset
@@ -31,7 +32,7 @@ __all__ = [
     "Record", "SEEN_WEBNLG_CATEGORIES", "linearise_triples", "read_e2e", "read_webnlg", "read_dart",
     "group_references",
     "IGNORE_INDEX", "EncodedExample", "build_example", "encode_record", "encode_records",
-    "TASKS", "SPLIT_FILES", "resolve_split_file", "load_nlg_records", "load_tokenizer",
+    "TASKS", "SPLIT_FILES", "resolve_split_file", "load_nlg_records", "load_tokenizer", "tokenizer_source",
     "load_nlg_dataset",
     "collate_nlg",
 ]

@@ -97,6 +97,17 @@ def load_nlg_records(
     return _READERS[task](resolve_split_file(task, split, data_dir), **reader_kwargs)
 
 
+def tokenizer_source(tokenizer: Optional[str], backbone: str) -> Optional[str]:
+    """Where a run's tokenizer comes from: ``tokenizer`` if set, else the backbone's local
+    directory when it holds tokenizer files, else ``None`` (the bundled GPT-2 BPE)."""
+    if tokenizer:
+        return tokenizer
+    folder = Path(backbone)
+    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
+        return str(folder)
+    return None
+
+
 def load_tokenizer(name_or_path: Optional[PathLike] = None) -> Any:
     """A GPT-2 BPE tokenizer (``transformers.GPT2TokenizerFast``).
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..backbones import load_backbone
 from ..checkpoint import CONFIG_FILE, atomic_directory, load_adaptation, read_adaptation_config
 from ..config import AdaMixConfig
-from ..data import group_references, load_nlg_records, load_tokenizer
+from ..data import group_references, load_nlg_records, load_tokenizer, tokenizer_source
 from ..inject import inject_adamix
 from ..merging import fold_lora, merge_experts
 from ..routing import Router
@@ -53,14 +53,8 @@ class DecodingModel:
 
 
 def _tokenizer_for(preset: dict[str, Any], backbone: str, override: Optional[str]) -> Any:
-    if override:
-        return load_tokenizer(override)
-    if preset.get("tokenizer"):
-        return load_tokenizer(preset["tokenizer"])
-    folder = Path(backbone)
-    if (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file():
-        return load_tokenizer(folder)
-    return load_tokenizer()  # the bundled GPT-2 BPE
+    """The override, else the run's tokenizer (as the trainer chose it)."""
+    return load_tokenizer(override or tokenizer_source(preset.get("tokenizer"), backbone))
 
 
 def load_decoding_model(checkpoint: str | Path, backbone: Optional[str] = None,

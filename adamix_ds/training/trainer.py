@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ..backbones import load_backbone
 from ..checkpoint import save_adaptation
-from ..data import collate_nlg, load_nlg_dataset, load_nlg_records, load_tokenizer
+from ..data import collate_nlg, load_nlg_dataset, load_nlg_records, load_tokenizer, tokenizer_source
 from ..inject import inject_adamix
 from ..routing import counter_hash
 from .ds_config import read_ds_config
@@ -58,14 +58,6 @@ def _set_monitor_paths(ds_config: dict[str, Any], output_dir: Path) -> None:
             cfg.setdefault("job_name", "adamix")
 
 
-def _tokenizer_source(preset: Preset) -> Optional[str]:
-    if preset.tokenizer:
-        return preset.tokenizer
-    backbone_dir = Path(preset.backbone)
-    return str(backbone_dir) if (backbone_dir / "vocab.json").is_file() or \
-        (backbone_dir / "tokenizer.json").is_file() else None
-
-
 def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
               resume: bool = True) -> RunResult:
     """Run (or resume) training; every rank calls this. See module docstring."""
@@ -82,7 +74,7 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
 
-    tokenizer = load_tokenizer(_tokenizer_source(preset))
+    tokenizer = load_tokenizer(tokenizer_source(preset.tokenizer, preset.backbone))
     dataset = load_nlg_dataset(preset.task, "train", preset.data_dir, tokenizer,
                                preset.max_seq_len, max_examples=preset.max_train_examples)
     model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
@@ -186,19 +178,14 @@ def _save(engine: Any, checkpoints: Path, step: int, client: dict[str, Any], kee
 
 
 def print_samples(preset: Preset, adaptation_dir: Path, tokenizer: Any, count: int) -> list[str]:
-    """Rebuild the backbone, load the exported adaptation, merge the experts, decode test inputs."""
-    from ..checkpoint import load_adaptation
+    """Rebuild the run's model from the exported adaptation, merged, and decode test inputs."""
     from ..data import group_references
     from ..evaluation.generate import decode_contexts
-    from ..merging import merge_experts
+    from ..evaluation.pipeline import load_decoding_model
 
-    model = load_backbone(preset.backbone, init=preset.init, seed=preset.train.seed,
-                          **preset.backbone_config)
-    inject_adamix(model, preset.adamix)
-    load_adaptation(model, adaptation_dir, preset.adamix)
-    merge_experts(model, "average")
+    model = load_decoding_model(adaptation_dir, dtype=torch.float32).model
     groups = group_references(load_nlg_records(preset.task, "test", preset.data_dir))[:count]
-    outputs = decode_contexts(model.float(), tokenizer, [g["context"] for g in groups])
+    outputs = decode_contexts(model, tokenizer, [g["context"] for g in groups])
     print("\nMerged AdaMix model on test inputs:")
     for group, text in zip(groups, outputs):
         # An undertrained model may rank the stop token first: say so rather than print nothing.
