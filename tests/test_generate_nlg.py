@@ -2,6 +2,7 @@
 ``launch/generate_nlg.py`` writes, PEFT exports, deduplication and bad input."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from adamix_ds.data import bundled_asset, load_tokenizer
 from adamix_ds.evaluation import generate as generate_mod
 from adamix_ds.evaluation.beam import BeamSettings
 from adamix_ds.evaluation.generate import decode_contexts
-from adamix_ds.evaluation.pipeline import load_decoding_model
+from adamix_ds.evaluation.pipeline import load_decoding_model, write_generation
 from adamix_ds.merging import merge_experts
 from adamix_ds.routing import _EVAL_STREAM
 
@@ -193,3 +194,27 @@ def test_two_ranks_write_what_one_rank_writes(toy_checkpoint: Path, tmp_path: Pa
                    env=env, check=True)
     for name in ("hypotheses.txt", "references.txt", "contexts.txt"):
         assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_webnlg_files_are_written_as_the_paper_scores_them(tmp_path: Path) -> None:
+    """WebNLG / DART files: lower-cased, split at every non-word character (LoRA gpt2_decode.py
+    --tokenize --lower), at most 6 references with the cut counted; E2E files stay as decoded."""
+    groups = [{"context": "A : b : C", "category": "Airport",
+               "references": [f"Ref {i}: Aarhus' runway is 2702.0 m." for i in range(8)]},
+              {"context": "D : e : F", "category": "Artist", "references": ["It's  OK\nhere."]}]
+    hyps = ["Aarhus Airport's runway (2702.0)!", "Line one\nline two"]
+    write_generation(tmp_path / "webnlg", "webnlg", groups, hyps, {"note": "x"})
+    out = tmp_path / "webnlg"
+    assert (out / "hypotheses.txt").read_text().splitlines() == [
+        "aarhus airport ' s runway ( 2702 . 0 ) !", "line one line two"]
+    blocks = [b.splitlines() for b in (out / "references.txt").read_text().split("\n\n")]
+    assert blocks[0] == [f"ref {i} : aarhus ' runway is 2702 . 0 m ." for i in range(6)]
+    assert blocks[1] == ["it ' s ok here ."]
+    assert (out / "hypotheses_raw.txt").read_text().splitlines() == [
+        "Aarhus Airport's runway (2702.0)!", "Line one line two"]
+    assert (out / "categories.txt").read_text().splitlines() == ["Airport", "Artist"]
+    assert json.loads((out / "generation.json").read_text()) == {"note": "x", "references_dropped": 2}
+    write_generation(tmp_path / "e2e", "e2e", groups, hyps, {})
+    assert (tmp_path / "e2e" / "hypotheses.txt").read_text().splitlines() == [
+        "Aarhus Airport's runway (2702.0)!", "Line one line two"]
+    assert not (tmp_path / "e2e" / "hypotheses_raw.txt").exists()
