@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["adamix_ds", "adamix_ds.*"]),
+    packages=find_packages(include=["adamix_ds", "adamix_ds.*", "kernels", "kernels.*"]),
     # torch is installed first by the Makefile (the CPU build on disk here, CUDA builds elsewhere);
     # a range lets pip keep whatever torch is already installed.
     install_requires=[
