@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernel_dispatch import triton_choice
+
 Route = Sequence[tuple[int, int]]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -90,6 +92,11 @@ class LoRAExperts(nn.Module):
         if route is None:
             a, b = self.merged_weights()
             return self.scale * ((x @ a) @ b)
+        choice = triton_choice(x)
+        if choice is not False:
+            from kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
+            return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale,
+                                     use_triton=choice)
         outs = [self.scale * ((xs @ self.lora_a[j]) @ self.lora_b[k])
                 for xs, (j, k) in zip(_segments(x, route), route)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

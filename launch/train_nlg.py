@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from adamix_ds.config import ConfigError  # noqa: E402
+from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
 from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
 from adamix_ds.training.preset import Preset  # noqa: E402
 
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--no_resume", action="store_true",
                         help="start from scratch even if output_dir holds a checkpoint")
+    parser.add_argument("--kernels", choices=KERNEL_MODES, default="auto",
+                        help="expert layers: Triton kernels (auto: on CUDA) or eager torch")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # launcher
     for flag, (_, _, kind) in OVERRIDES.items():
         parser.add_argument(f"--{flag}", type=kind, default=None, help=f"override the preset's {flag}")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         preset = preset_from_args(args)
+        set_kernel_mode(args.kernels)
         from adamix_ds.training.trainer import train_nlg  # imports deepspeed
         result = train_nlg(preset, args.ds_config, args.output_dir, resume=not args.no_resume)
     except (ConfigError, DSConfigError, FileNotFoundError, ValueError) as err:
