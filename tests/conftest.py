@@ -1,9 +1,16 @@
 """Session fixtures shared by several test modules."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton decides between compiler and interpreter when it is first imported, and any module
+# (torch, peft) may import it early: without a GPU, choose the interpreter before anything runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
