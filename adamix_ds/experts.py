@@ -153,6 +153,12 @@ class AdapterExperts(nn.Module):
         """h: (B, ..., d) -> (B, ..., d), residual included."""
         if route is None:
             return self._adapter(h, *self.merged_weights())
+        choice = triton_choice(h)
+        # auto: the fused kernel takes one dtype for h and weights (not autocast's mix).
+        if choice is True or (choice is None and self.down_weight.dtype == h.dtype):
+            from kernels.routed_adapter import routed_adapter  # deferred: triton is optional
+            return routed_adapter(h, self.down_weight, self.down_bias, self.up_weight,
+                                  self.up_bias, route, self.activation, use_triton=True)
         outs = [self._adapter(hs, self.down_weight[j], self.down_bias[j], self.up_weight[k],
                               self.up_bias[k])
                 for hs, (j, k) in zip(_segments(h, route), route)]

@@ -1,6 +1,6 @@
 """A whole AdaMix training step with ``--kernels triton`` equals ``--kernels torch``: loss and
-every expert gradient (GPT-2 with the Q / V slices of c_attn, paired consistency pass, two
-routes). On CPU the kernels run under the Triton interpreter."""
+every expert gradient (GPT-2: LoRA on the Q / V slices of c_attn, or Houlsby adapters; paired
+consistency pass, two routes). On CPU the kernels run under the Triton interpreter."""
 from __future__ import annotations
 
 import os
@@ -18,14 +18,22 @@ from adamix_ds.training.step import adamix_forward  # noqa: E402
 from tests.models import tiny_model, tokens  # noqa: E402
 
 
-def _step(mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+CONFIGS = {
+    "lora": AdaMixConfig(method="lora", num_experts=4, rank=4, alpha=16, targets=("q", "v"),
+                         share="up", lora_dropout=0.0, consistency_weight=10.0, routing_seed=3),
+    "adapter": AdaMixConfig(method="adapter", num_experts=4, bottleneck=8, share="up",
+                            activation="gelu", consistency_weight=10.0, routing_seed=3),
+}
+
+
+def _step(mode: str, method: str = "lora") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = tiny_model("gpt2", seed=4)
-    cfg = AdaMixConfig(method="lora", num_experts=4, rank=4, alpha=16, targets=("q", "v"),
-                       share="up", lora_dropout=0.0, consistency_weight=10.0, routing_seed=3)
+    cfg = CONFIGS[method]
     router = inject_adamix(model, cfg).router
     torch.manual_seed(0)
     for name, p in model.named_parameters():
-        if "lora_b" in name:  # B starts at 0: give it values so dA is not trivially 0
+        # B / adapter weights start at (near) 0: give them values so no gradient is trivially 0
+        if "lora_b" in name or "up_weight" in name or "down_weight" in name:
             torch.nn.init.normal_(p, std=0.2)
     model.train()
     ids = tokens(batch=3, seq=9)
@@ -39,21 +47,25 @@ def _step(mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return out.loss.detach(), grads
 
 
-def test_triton_step_equals_torch_step(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_triton_step_equals_torch_step(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import kernels.lora_delta as lora_delta
+    import kernels.routed_adapter as routed_adapter
 
+    module, name = {"lora": (lora_delta, "routed_lora_delta"),
+                    "adapter": (routed_adapter, "routed_adapter")}[method]
     calls: list = []
-    real = lora_delta.routed_lora_delta
+    real = getattr(module, name)
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("use_triton"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lora_delta, "routed_lora_delta", counting)
-    loss_torch, grads_torch = _step("torch")
+    monkeypatch.setattr(module, name, counting)
+    loss_torch, grads_torch = _step("torch", method)
     assert calls == []  # the torch mode never enters the kernel wrapper
-    loss_triton, grads_triton = _step("triton")
-    assert calls and all(c is True for c in calls)  # 2 layers x (Q, V), paired pass
+    loss_triton, grads_triton = _step("triton", method)
+    assert calls and all(c is True for c in calls)  # every routed layer, paired pass
     torch.testing.assert_close(loss_triton, loss_torch, rtol=1e-5, atol=1e-6)
     assert grads_triton.keys() == grads_torch.keys() and grads_torch
     for name, want in grads_torch.items():
