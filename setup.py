@@ -25,7 +25,8 @@ setup(
         # tokenizer for WebNLG / DART METEOR and TER), HF evaluate; sacrebleu is a test reference.
         "eval": ["pycocoevalcap>=1.2", "sacrebleu>=2.3", "evaluate>=0.4", "matplotlib", "nltk>=3.5"],
         "mpi": ["mpi4py>=3.1", "mpich"],  # mpirun + libmpi from PyPI, for MPI launch and its test
-        "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich", "pyter3==0.3"],
+        "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich", "pyter3==0.3",
+                "triton>=3.2"],  # the kernel tests run under TRITON_INTERPRET=1 on CPU
     },
     entry_points={"console_scripts": ["adamix-ds=adamix_ds.cli:main"]},
 )
