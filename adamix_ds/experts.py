@@ -101,6 +101,27 @@ class LoRAExperts(nn.Module):
                 for xs, (j, k) in zip(_segments(x, route), route)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
+    def add_into(self, out: torch.Tensor, x: torch.Tensor, route: Optional[Route],
+                 start: int) -> torch.Tensor:
+        """``out[..., start:start + d_out] += forward(x, route)``; returns the updated ``out``.
+
+        out: (B, ..., d_total) base projection output; x: (B, ..., d_in). On the Triton path the
+        update is one kernel that accumulates into the slice (no (B, T, d_out) delta tensor, no
+        separate add); elsewhere the delta is computed and added.
+        """
+        choice = False if route is None else triton_choice(x)
+        if choice is not False and out.is_contiguous():
+            from kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
+            return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale, out=out,
+                                     out_slice=(start, start + self.out_features),
+                                     use_triton=choice)
+        delta = self.forward(x, route).to(out.dtype)
+        if self.out_features == out.shape[-1]:
+            return out + delta
+        # in place is autograd-safe: the base matmul does not save its output
+        out[..., start:start + self.out_features] += delta
+        return out
+
     def param_count_merged(self) -> int:
         """Parameters of the single module that serves at inference."""
         return self.rank * (self.in_features + self.out_features)

@@ -61,6 +61,8 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
         task = torch.zeros((), dtype=acc, device=weight.device)
         kl = torch.zeros((), dtype=acc, device=weight.device)
         inv_n, half_w = 1.0 / max(n, 1), 0.5 * consistency_weight
+        # the head in the accumulation dtype, once (a bf16 head is upcast here, not per chunk)
+        weight_acc = weight.to(acc) if (need_h1 or need_h2) else None
         for start in range(0, n, chunk_tokens):
             idx = rows[start:start + chunk_tokens]
             h1 = hidden_1.index_select(0, idx)                       # (c, d)
@@ -82,12 +84,12 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
                 dz1 += (half_w * inv_n) * g1
                 dz2 = (half_w * inv_n) * g2
             if grad_h1 is not None:
-                grad_h1.index_copy_(0, idx, (dz1 @ weight.to(acc)).to(grad_h1.dtype))
+                grad_h1.index_copy_(0, idx, (dz1 @ weight_acc).to(grad_h1.dtype))
             if grad_w is not None:
                 grad_w += dz1.T @ h1.to(acc)
             if dz2 is not None:
                 if grad_h2 is not None:
-                    grad_h2.index_copy_(0, idx, (dz2 @ weight.to(acc)).to(grad_h2.dtype))
+                    grad_h2.index_copy_(0, idx, (dz2 @ weight_acc).to(grad_h2.dtype))
                 if grad_w is not None:
                     grad_w += dz2.T @ h2.to(acc)
         task, consistency = task * inv_n, 0.5 * kl * inv_n

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="start from scratch even if output_dir holds a checkpoint")
     parser.add_argument("--kernels", choices=KERNEL_MODES, default="auto",
                         help="expert layers: Triton kernels (auto: on CUDA) or eager torch")
+    parser.add_argument("--fused_loss", action="store_true", default=None,
+                        help="compute the loss from hidden states in token chunks (never the "
+                             "full logits of both passes); ZeRO stage <= 2")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # launcher
     for flag, (_, _, kind) in OVERRIDES.items():
         parser.add_argument(f"--{flag}", type=kind, default=None, help=f"override the preset's {flag}")
@@ -53,6 +56,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
         value = getattr(args, flag)
         if value is not None:
             (values[section] if section else values)[key] = value
+    if args.fused_loss:
+        values["train"]["fused_loss"] = True
     return Preset.from_dict(values, source=f"{args.preset} (with command-line overrides)")
 
 

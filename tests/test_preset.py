@@ -181,7 +181,10 @@ def test_preset_from_args_applies_overrides():
         {k: v for k, v in demo.to_dict().items() if k not in ("train", "adamix")}
     plain = launcher.preset_from_args(launcher.parse_args(
         ["--ds_config", "x", "--preset", str(DEMO), "--output_dir", "y"]))
-    assert plain == demo
+    assert plain == demo and not plain.train.fused_loss
+    fused = launcher.preset_from_args(launcher.parse_args(
+        ["--ds_config", "x", "--preset", str(DEMO), "--output_dir", "y", "--fused_loss"]))
+    assert fused.train.fused_loss and fused.to_dict()["adamix"] == demo.to_dict()["adamix"]
 
 
 def test_bad_override_value_errors():

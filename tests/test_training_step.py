@@ -156,6 +156,32 @@ def test_loss_matches_float64_reference(consistency, mode):
     _grads_close(grads, ref_grads, tol=2e-5)
 
 
+@pytest.mark.parametrize("consistency,mode", [("paired", "stopgrad"), ("sequential", "symmetric")])
+def test_fused_loss_matches_float64_reference(consistency, mode):
+    """fused_loss=True (hidden states -> chunked CE + KL, no full logits) gives the loss, its
+    parts and every trainable gradient of the same float64 per-token reference as above."""
+    model, router, cfg = _build("lora", "up", mode)
+    batch = _batch()
+    out, grads = _run(model, batch, router, cfg, consistency, fused_loss=True)
+
+    _zero_grads(model)
+    ref_loss, ref_ce, ref_kl = _reference(model, batch, router, mode)
+    ref_loss.backward()
+    ref_grads = _grads(model)
+
+    _close(out.task_loss, ref_ce)
+    _close(out.consistency, ref_kl)
+    _close(out.loss, ref_loss)
+    _grads_close(grads, ref_grads, tol=2e-5)
+
+
+def test_fused_loss_needs_a_bias_free_linear_head():
+    model, router, cfg = _build("lora", "up")
+    model.lm_head.bias = nn.Parameter(torch.zeros(VOCAB))
+    with pytest.raises(ValueError, match="bias-free nn.Linear LM head; GPT2LMHeadModel"):
+        adamix_forward(model, _batch(), router, cfg, "paired", fused_loss=True)
+
+
 class _CountingModel:
     """Wraps a model and counts forward calls (and the batch sizes they saw)."""
 

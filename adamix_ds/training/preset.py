@@ -29,6 +29,7 @@ class TrainSettings:
     warmup_steps: int = 0
     label_smoothing: float = 0.1
     consistency: str = "paired"
+    fused_loss: bool = False                 # loss from hidden states in chunks (no full logits)
     seed: int = 110
     log_every: int = 10
     save_every: Optional[int] = None         # optimizer steps between resumable checkpoints

@@ -68,6 +68,11 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
     world, rank = dist.get_world_size(), dist.get_rank()
     ds_config = read_ds_config(ds_config_path, world)
+    if preset.train.fused_loss and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        # the fused loss reads the LM head's weight outside the module's forward, where ZeRO-3
+        # holds only this rank's partition of it
+        raise ValueError(f"train.fused_loss does not support ZeRO stage 3 ({ds_config_path}); "
+                         f"use stage 0-2 or turn fused_loss off")
     _set_monitor_paths(ds_config, output_dir)
     train, cfg = preset.train, preset.adamix
     if rank == 0:
@@ -120,7 +125,8 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
                 n_global = _all_reduce_sum([n_local], engine.device)[0]
                 scale = n_local * world / n_global if n_global else 0.0
                 out = adamix_forward(engine, batch, router, cfg, train.consistency,
-                                     train.label_smoothing, loss_scale=scale)
+                                     train.label_smoothing, loss_scale=scale,
+                                     fused_loss=train.fused_loss)
                 engine.backward(out.loss)
                 engine.step()
                 router.advance()

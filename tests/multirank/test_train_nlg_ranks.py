@@ -95,7 +95,8 @@ def free_port() -> int:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    # TRITON_INTERPRET (set by tests/conftest.py on CPU) is dropped: ranks run the torch path
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and k != "TRITON_INTERPRET"}
     env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     # PATH stays the caller's: torch builds DeepSpeed's comm op with the first `ninja` on it, and
@@ -607,9 +608,23 @@ def _target_matches_nothing(tmp_path: Path) -> tuple[list[str], list[str]]:
             [f"target {pattern!r}", "matches no module", "transformer.h.{i}.attn.c_attn"])
 
 
+def _fused_loss_under_zero3(tmp_path: Path) -> tuple[list[str], list[str]]:
+    config = json.loads((REPO_ROOT / "ds_configs" / "cpu_zero3.json").read_text())
+    config["train_micro_batch_size_per_gpu"] = 2
+    config_path = tmp_path / "zero3.json"
+    config_path.write_text(json.dumps(config))
+    values = yaml.safe_load(TINY.read_text())
+    values["train"]["fused_loss"] = True
+    preset_path = tmp_path / "fused.yaml"
+    preset_path.write_text(yaml.safe_dump(values))
+    return (["--ds_config", str(config_path), "--preset", str(preset_path)],
+            ["train.fused_loss does not support ZeRO stage 3", str(config_path)])
+
+
 BAD_INPUTS = {"contradicting-ds-config": _bad_batch_config, "empty-data-dir": _empty_data_dir,
               "unknown-backbone": _unknown_backbone,
-              "target-matches-nothing": _target_matches_nothing}
+              "target-matches-nothing": _target_matches_nothing,
+              "fused-loss-under-zero3": _fused_loss_under_zero3}
 
 
 @pytest.fixture(scope="module")
