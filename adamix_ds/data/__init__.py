@@ -7,6 +7,26 @@ multi-reference evaluation. Pure torch / datasets / transformers; no deepspeed.
 """
 from .collate import collate_nlg
 from .encoding import IGNORE_INDEX, EncodedExample, build_example, encode_record, encode_records
+from .glue import (
+    GLUE_TASKS,
+    GlueFormatError,
+    GlueTask,
+    NluExample,
+    collate_nlu,
+    encode_glue,
+    get_glue_task,
+    read_glue,
+    resolve_glue_file,
+)
+from .lmbff import (
+    LMBFF_SEEDS,
+    LMBFF_TASKS,
+    LmBffTask,
+    format_prompt,
+    get_lmbff_task,
+    read_lmbff,
+    resolve_lmbff_file,
+)
 from .nlg import (
     SPLIT_FILES,
     TASKS,
@@ -35,4 +55,8 @@ __all__ = [
     "TASKS", "SPLIT_FILES", "resolve_split_file", "load_nlg_records", "load_tokenizer", "tokenizer_source",
     "load_nlg_dataset",
     "collate_nlg",
+    "NluExample", "GlueTask", "GLUE_TASKS", "GlueFormatError", "get_glue_task", "resolve_glue_file",
+    "read_glue", "encode_glue", "collate_nlu",
+    "LMBFF_SEEDS", "LmBffTask", "LMBFF_TASKS", "get_lmbff_task", "resolve_lmbff_file", "read_lmbff",
+    "format_prompt",
 ]
