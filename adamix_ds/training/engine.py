@@ -41,8 +41,9 @@ def build_engine(model: nn.Module, train: TrainSettings, ds_config: dict[str, An
     """deepspeed.initialize with the preset's optimiser and schedule; the ds_config keeps the rest."""
     on_cuda = deepspeed.get_accelerator().device_name() == "cuda"
     optimizer = build_optimizer(model, train, ds_config, on_cuda)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_warmup_decay(train.warmup_steps, total_steps))
+    warmup = (train.warmup_steps if train.warmup_ratio is None
+              else math.ceil(train.warmup_ratio * total_steps))  # as HF's get_warmup_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total_steps))
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
     return engine, scheduler

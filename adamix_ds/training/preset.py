@@ -27,6 +27,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    warmup_ratio: Optional[float] = None     # fraction of all steps; replaces warmup_steps
     label_smoothing: float = 0.1
     consistency: str = "paired"
     fused_loss: bool = False                 # loss from hidden states in chunks (no full logits)
@@ -46,6 +47,8 @@ class TrainSettings:
             raise ConfigError(f"train.epochs must be > 0, got {self.epochs!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps!r}")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("train: need lr > 0, warmup_steps >= 0, 0 <= label_smoothing < 1")
 
@@ -61,7 +64,9 @@ class Preset:
     task: str = "e2e"
     data_dir: Optional[str] = None           # default: the bundled E2E sample
     max_seq_len: int = 512
-    max_train_examples: Optional[int] = None
+    max_train_examples: Optional[int] = None  # NLG: the first N; NLU: a fixed seeded subset
+    lmbff_seed: Optional[int] = None         # NLU: prompt-based few-shot on this LM-BFF split
+    lmbff_k: int = 16                        # examples per class of the LM-BFF split
     adamix: AdaMixConfig = field(default_factory=AdaMixConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 

@@ -1,8 +1,10 @@
-"""The NLG training run: data -> backbone + AdaMix -> DeepSpeed engine -> loop -> exports.
+"""The training run shared by every task family: data -> backbone + AdaMix -> engine -> loop -> exports.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches; each micro-batch is one
-:func:`adamix_forward` (both routed passes), ``engine.backward``, ``engine.step`` and then
-``router.advance()`` (after backward, so recomputed activations see the same route).
+routed forward (both passes, :class:`TrainTask.forward`), ``engine.backward``, ``engine.step``
+and then ``router.advance()`` (after backward, so recomputed activations see the same route).
+A task family (NLG here, NLU in ``training/nlu.py``) only says how to build its model and data,
+how to compute the loss of a batch, and what to do with the finished model.
 """
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import deepspeed
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..backbones import load_backbone
 from ..checkpoint import save_adaptation
 from ..data import collate_nlg, load_nlg_dataset, load_nlg_records, load_tokenizer, tokenizer_source
 from ..inject import inject_adamix
-from ..routing import counter_hash
+from ..losses import AdaMixLossOutput
+from ..routing import Router, counter_hash
 from .ds_config import read_ds_config
 from .engine import build_engine, gather_adaptation_state, total_optimizer_steps
 from .monitor import TrainMonitor
@@ -32,6 +36,25 @@ from .step import adamix_forward, count_target_tokens
 
 _DROPOUT_STREAM = 0xD5_0F
 _EXPERT_INIT_STREAM = 0x1A17
+
+
+@dataclass
+class TrainTask:
+    """What the shared loop needs from a task family.
+
+    model: the backbone, not yet injected (the loop injects AdaMix with a seeded RNG).
+    dataset: indexable examples; ``collate`` turns a list of them into a batch of tensors.
+    count_targets: the loss-carrying units of a batch (target tokens, or examples), which the
+        loop sums over ranks so the loss is a mean over the global batch.
+    forward: (engine, batch, router, loss_scale) -> the AdaMix loss of the micro-batch.
+    finish: rank 0, after a finished run: (output_dir) -> None (samples, dev evaluation).
+    """
+    model: nn.Module
+    dataset: Sequence[Any]
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
+    count_targets: Callable[[dict[str, torch.Tensor]], int]
+    forward: Callable[[Any, dict[str, torch.Tensor], Router, float], AdaMixLossOutput]
+    finish: Optional[Callable[[Path], None]] = None
 
 
 @dataclass
@@ -58,9 +81,39 @@ def _set_monitor_paths(ds_config: dict[str, Any], output_dir: Path) -> None:
             cfg.setdefault("job_name", "adamix")
 
 
+def nlg_task(preset: Preset) -> TrainTask:
+    """E2E / WebNLG / DART on a causal LM: token-level CE + consistency on the target tokens."""
+    train, cfg = preset.train, preset.adamix
+    tokenizer = load_tokenizer(tokenizer_source(preset.tokenizer, preset.backbone))
+    dataset = load_nlg_dataset(preset.task, "train", preset.data_dir, tokenizer,
+                               preset.max_seq_len, max_examples=preset.max_train_examples)
+    model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
+                          **preset.backbone_config)
+    pad_id = tokenizer.eos_token_id
+
+    def forward(engine: Any, batch: dict[str, torch.Tensor], router: Router,
+                scale: float) -> AdaMixLossOutput:
+        return adamix_forward(engine, batch, router, cfg, train.consistency,
+                              train.label_smoothing, loss_scale=scale,
+                              fused_loss=train.fused_loss)
+
+    def finish(output_dir: Path) -> None:
+        if train.sample_after:
+            print_samples(preset, output_dir / "adaptation", tokenizer, train.sample_after)
+
+    return TrainTask(model, dataset, lambda examples: collate_nlg(examples, pad_id),
+                     lambda batch: count_target_tokens(batch["labels"]), forward, finish)
+
+
 def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
               resume: bool = True) -> RunResult:
-    """Run (or resume) training; every rank calls this. See module docstring."""
+    """Run (or resume) NLG training; every rank calls this."""
+    return run_training(preset, ds_config_path, output_dir, nlg_task, resume)
+
+
+def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
+                 build_task: Callable[[Preset], TrainTask], resume: bool = True) -> RunResult:
+    """Run (or resume) training of any task family; every rank calls this. See module docstring."""
     output_dir = Path(output_dir)
     # Under mpirun DeepSpeed's MPI discovery sets MASTER_PORT to `distributed_port` (default
     # 29500, the launcher's default too), overwriting the environment's: pass the user's on.
@@ -79,11 +132,8 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
 
-    tokenizer = load_tokenizer(tokenizer_source(preset.tokenizer, preset.backbone))
-    dataset = load_nlg_dataset(preset.task, "train", preset.data_dir, tokenizer,
-                               preset.max_seq_len, max_examples=preset.max_train_examples)
-    model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
-                          **preset.backbone_config)
+    task = build_task(preset)
+    dataset, model = task.dataset, task.model
     # Expert init draws from torch's global RNG, which each process seeds at random: seed it, so
     # a run is reproducible (1 rank vs N ranks, launcher vs mpirun) and every rank inits alike.
     with torch.random.fork_rng(devices=[]):
@@ -104,7 +154,6 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
     step = position["step"]
     monitor = TrainMonitor(output_dir, total_steps, step, engine, enabled=rank == 0)
     flag = PreemptionFlag()
-    pad_id = tokenizer.eos_token_id
     sums, logged, micro_in_step, status = [0.0] * 5, [], 0, "finished"
     saved_step: Optional[int] = None  # the final save is skipped when this step is already saved
     tick = time.perf_counter()
@@ -116,17 +165,15 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
     try:
         while step < total_steps and status == "finished":
             for indices in order.batches(position["epoch"], position["batch"]):
-                batch = collate_nlg([dataset[i] for i in indices], pad_id)
+                batch = task.collate([dataset[i] for i in indices])
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
                 # Dropout masks are a function of (seed, micro-step, rank): exact on resume.
                 torch.manual_seed(counter_hash(train.seed, _DROPOUT_STREAM, router.step, rank)
                                   >> 1)
-                n_local = count_target_tokens(batch["labels"])
+                n_local = task.count_targets(batch)
                 n_global = _all_reduce_sum([n_local], engine.device)[0]
                 scale = n_local * world / n_global if n_global else 0.0
-                out = adamix_forward(engine, batch, router, cfg, train.consistency,
-                                     train.label_smoothing, loss_scale=scale,
-                                     fused_loss=train.fused_loss)
+                out = task.forward(engine, batch, router, scale)
                 engine.backward(out.loss)
                 engine.step()
                 router.advance()
@@ -141,9 +188,9 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
                 step += 1
                 monitor.advance()
                 if step % train.log_every == 0 or step == total_steps:
-                    loss, task, kl, count, tokens = _all_reduce_sum(sums, engine.device)
+                    loss, task_loss, kl, count, tokens = _all_reduce_sum(sums, engine.device)
                     now = time.perf_counter()
-                    values = {"loss": loss / count, "task_loss": task / count,
+                    values = {"loss": loss / count, "task_loss": task_loss / count,
                               "consistency": kl / count, "lr": scheduler.get_last_lr()[0],
                               "tokens_per_s": tokens / (now - tick)}
                     logged.append(values["loss"])
@@ -168,8 +215,8 @@ def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path
     curve = monitor.close()
     if rank == 0 and curve is not None:
         print(f"loss curve: {curve}")
-    if status == "finished" and rank == 0 and train.sample_after:
-        print_samples(preset, output_dir / "adaptation", tokenizer, train.sample_after)
+    if status == "finished" and rank == 0 and task.finish is not None:
+        task.finish(output_dir)
     return RunResult(status, step, logged, output_dir)
 
 
