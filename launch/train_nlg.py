@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from adamix_ds.config import ConfigError  # noqa: E402
 from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
 from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
-from adamix_ds.training.preset import Preset  # noqa: E402
+from adamix_ds.training.preset import (Preset, add_override_flags,  # noqa: E402
+                                        preset_with_overrides)
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str), "init": (None, "init", str),
@@ -45,20 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compute the loss from hidden states in token chunks (never the "
                              "full logits of both passes); ZeRO stage <= 2")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # launcher
-    for flag, (_, _, kind) in OVERRIDES.items():
-        parser.add_argument(f"--{flag}", type=kind, default=None, help=f"override the preset's {flag}")
+    add_override_flags(parser, OVERRIDES)
     return parser.parse_args(argv)
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
-    values = Preset.load(args.preset).to_dict()
-    for flag, (section, key, _) in OVERRIDES.items():
-        value = getattr(args, flag)
-        if value is not None:
-            (values[section] if section else values)[key] = value
-    if args.fused_loss:
-        values["train"]["fused_loss"] = True
-    return Preset.from_dict(values, source=f"{args.preset} (with command-line overrides)")
+    train = {"fused_loss": True} if args.fused_loss else {}
+    return preset_with_overrides(args.preset, args, OVERRIDES, train=train)
 
 
 def main(argv: list[str] | None = None) -> int:

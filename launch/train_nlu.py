@@ -28,7 +28,8 @@ from adamix_ds.config import INFERENCE_MODES, ConfigError  # noqa: E402
 from adamix_ds.data import LMBFF_SEEDS, GlueFormatError  # noqa: E402
 from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
 from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
-from adamix_ds.training.preset import Preset  # noqa: E402
+from adamix_ds.training.preset import (Preset, add_override_flags,  # noqa: E402
+                                        preset_with_overrides)
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str), "init": (None, "init", str),
@@ -62,8 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--policies", default=",".join(INFERENCE_MODES),
                         help="--eval_only: comma list of inference policies")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # launcher
-    for flag, (_, _, kind) in OVERRIDES.items():
-        parser.add_argument(f"--{flag}", type=kind, default=None, help=f"override the preset's {flag}")
+    add_override_flags(parser, OVERRIDES)
     args = parser.parse_args(argv)
     if args.eval_only is None:
         missing = [f"--{f}" for f in ("ds_config", "preset", "output_dir") if not getattr(args, f)]
@@ -73,12 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
-    values = Preset.load(args.preset).to_dict()
-    for flag, (section, key, _) in OVERRIDES.items():
-        value = getattr(args, flag)
-        if value is not None:
-            (values[section] if section else values)[key] = value
-    return Preset.from_dict(values, source=f"{args.preset} (with command-line overrides)")
+    return preset_with_overrides(args.preset, args, OVERRIDES)
 
 
 def few_shot_seeds(spec: str) -> list[int]:

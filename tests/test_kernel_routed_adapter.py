@@ -32,6 +32,7 @@ import pytest  # noqa: E402
 pytest.importorskip("triton", reason="triton is not installed; the kernels cannot run")
 
 from adamix_ds.experts import AdapterExperts  # noqa: E402
+from tests.kernel_tolerance import assert_close_to_float64  # noqa: E402
 from kernels import routed_adapter as ra  # noqa: E402
 from kernels.routed_adapter import (LaunchConfig, gpu_config, routed_adapter,  # noqa: E402
                                     routed_adapter_reference)
@@ -43,15 +44,11 @@ if not CUDA and not ra.INTERPRETED:
                 "kernels are compiled for a GPU this machine lacks; run this module on its own",
                 allow_module_level=True)
 
-TOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 F32, F16 = torch.float32, torch.float16
 NAMES = ("x", "down_weight", "down_bias", "up_weight", "up_bias")
 
 
-def _close(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    tol = TOL[dtype]
-    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * ref.abs().max().item(),
-                               msg=lambda m: f"{what} ({dtype}): {m}")
+_close = assert_close_to_float64  # tests/kernel_tolerance.py: the per-dtype table
 
 
 def _inputs(lead: tuple[int, ...], d: int, b: int, n_down: int, n_up: int,

@@ -57,13 +57,14 @@ def test_presets_exist():
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_preset_loads_and_header_has_launch_command(path):
     """Each preset loads, starts with a comment header whose launch command runs
-    launch/train_nlg.py --ds_config <an existing, valid ds_config> --preset <this file>."""
+    launch/train_nlg.py or launch/train_nlu.py --ds_config <an existing, valid ds_config>
+    --preset <this file>."""
     preset = Preset.load(path)
     assert isinstance(preset.adamix, AdaMixConfig) and isinstance(preset.train, TrainSettings)
     assert path.read_text().startswith("#")
     header = _header(path)
-    assert "launch/train_nlg.py --ds_config" in header
-    command = re.search(r"launch/train_nlg\.py --ds_config (\S+)(.*)", header)
+    command = re.search(r"launch/train_nl[gu]\.py --ds_config (\S+)(.*)", header)
+    assert command, header
     ds_config = ROOT / command.group(1)
     read_ds_config(ds_config, world_size=1)
     preset_arg = re.search(r"--preset (\S+)", command.group(2))

@@ -135,14 +135,16 @@ def test_paired_equals_sequential(method, share):
     assert any(float(g.abs().max()) > 0 for g in g_paired.values())
 
 
+@pytest.mark.parametrize("fused_loss", [False, True], ids=["logits", "fused"])
 @pytest.mark.parametrize("consistency,mode", [("paired", "stopgrad"), ("sequential", "symmetric")])
-def test_loss_matches_float64_reference(consistency, mode):
+def test_loss_matches_float64_reference(consistency, mode, fused_loss):
     """loss = CE(pass 0, shifted labels, label smoothing) + w * symmetric KL(pass 0, pass 1) over
     target tokens, computed independently in float64 from per-pass logits; the gradients of the
-    trainable tensors match the reference's too (stopgrad: KL targets are constants)."""
-    model, router, cfg = _build("lora", "none", mode)
+    trainable tensors match the reference's too (stopgrad: KL targets are constants). The same
+    with fused_loss (hidden states -> chunked CE + KL, no full logits)."""
+    model, router, cfg = _build("lora", "none" if not fused_loss else "up", mode)
     batch = _batch()
-    out, grads = _run(model, batch, router, cfg, consistency)
+    out, grads = _run(model, batch, router, cfg, consistency, fused_loss=fused_loss)
 
     _zero_grads(model)
     ref_loss, ref_ce, ref_kl = _reference(model, batch, router, mode)
@@ -153,25 +155,6 @@ def test_loss_matches_float64_reference(consistency, mode):
     _close(out.consistency, ref_kl)
     _close(out.loss, ref_loss)
     _close(out.loss, float(ref_ce.detach()) + cfg.consistency_weight * float(ref_kl.detach()))
-    _grads_close(grads, ref_grads, tol=2e-5)
-
-
-@pytest.mark.parametrize("consistency,mode", [("paired", "stopgrad"), ("sequential", "symmetric")])
-def test_fused_loss_matches_float64_reference(consistency, mode):
-    """fused_loss=True (hidden states -> chunked CE + KL, no full logits) gives the loss, its
-    parts and every trainable gradient of the same float64 per-token reference as above."""
-    model, router, cfg = _build("lora", "up", mode)
-    batch = _batch()
-    out, grads = _run(model, batch, router, cfg, consistency, fused_loss=True)
-
-    _zero_grads(model)
-    ref_loss, ref_ce, ref_kl = _reference(model, batch, router, mode)
-    ref_loss.backward()
-    ref_grads = _grads(model)
-
-    _close(out.task_loss, ref_ce)
-    _close(out.consistency, ref_kl)
-    _close(out.loss, ref_loss)
     _grads_close(grads, ref_grads, tol=2e-5)
 
 

@@ -107,3 +107,29 @@ def _reject_unknown(cls: type, values: dict[str, Any], source: str) -> None:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+# flag -> (section or None, key, type): the preset values the training launchers can override
+Overrides = dict[str, tuple[Optional[str], str, type]]
+
+
+def add_override_flags(parser: Any, overrides: Overrides) -> None:
+    """One ``--<flag>`` per entry of ``overrides`` on an argparse parser (default: not given)."""
+    for flag, (_, _, kind) in overrides.items():
+        parser.add_argument(f"--{flag}", type=kind, default=None,
+                            help=f"override the preset's {flag}")
+
+
+def preset_with_overrides(path: str | Path, args: Any, overrides: Overrides,
+                          **extra: dict[str, Any]) -> Preset:
+    """The preset at ``path`` with every given override flag of ``args`` applied, validated as
+    one preset (errors say they came with command-line overrides). ``extra``: section -> values
+    set as well (e.g. ``train={"fused_loss": True}``)."""
+    values = Preset.load(path).to_dict()
+    for flag, (section, key, _) in overrides.items():
+        value = getattr(args, flag)
+        if value is not None:
+            (values[section] if section else values)[key] = value
+    for section, updates in extra.items():
+        values[section].update(updates)
+    return Preset.from_dict(values, source=f"{path} (with command-line overrides)")
