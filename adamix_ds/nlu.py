@@ -24,8 +24,7 @@ from torch import nn
 from .config import AdaMixConfig
 from .losses import AdaMixLossOutput, adamix_loss
 from .routing import Router
-
-CONSISTENCY_MODES = ("paired", "sequential", "off")
+from .training.step import CONSISTENCY_MODES  # pure torch, shared with the NLG step
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from adamix_ds.config import INFERENCE_MODES, ConfigError  # noqa: E402
 from adamix_ds.data import LMBFF_SEEDS, GlueFormatError  # noqa: E402
+from adamix_ds.evaluation.report import atomic_write_text  # noqa: E402
 from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
 from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
 from adamix_ds.training.preset import (Preset, add_override_flags,  # noqa: E402
@@ -97,27 +98,19 @@ def summarize(runs: dict[int, dict], output_dir: Path) -> dict:
             summary[policy][name] = {"mean": statistics.fmean(values), "std": std,
                                      "values": values}
     payload = {"seeds": list(runs), "policies": summary}
-    path = output_dir / "fewshot_summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(output_dir / "fewshot_summary.json", json.dumps(payload, indent=2) + "\n")
     return payload
 
 
 def evaluate_only(args: argparse.Namespace) -> int:
-    from adamix_ds.training.nlu import evaluate_policies, load_nlu_model, write_eval
+    from adamix_ds.training.nlu import load_nlu_model, score_run
 
     policies = [p for p in args.policies.split(",") if p]
     unknown = sorted(set(policies) - set(INFERENCE_MODES))
     if unknown:
         raise ValueError(f"--policies: unknown {unknown}; choose from {list(INFERENCE_MODES)}")
-    loaded = load_nlu_model(args.eval_only)
-    setup, preset = loaded.setup, loaded.preset
-    dev = setup.encode(setup.read(preset, setup.eval_split), preset.max_seq_len)
-    results = evaluate_policies(loaded.model, loaded.router, setup, dev, policies,
-                                preset.adamix.ensemble_passes)
-    path = write_eval(Path(args.eval_only).parent, setup.eval_split, setup.task, results,
-                      {"examples": len(dev)})
+    results, path = score_run(load_nlu_model(args.eval_only), policies,
+                              Path(args.eval_only).parent)
     for policy, metrics in results.items():
         print(f"{policy:9s} " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     print(f"written to {path}")

@@ -25,6 +25,7 @@ from ..config import INFERENCE_MODES
 from ..data import (LMBFF_TASKS, NluExample, collate_nlu, encode_glue, format_prompt,
                     get_glue_task, get_lmbff_task, read_glue, read_lmbff)
 from ..evaluation.glue_metrics import glue_metrics, main_metric
+from ..evaluation.report import atomic_write_text
 from ..inject import inject_adamix
 from ..losses import AdaMixLossOutput
 from ..nlu import label_word_ids, nlu_forward, predict
@@ -141,13 +142,21 @@ def evaluate_policies(model: nn.Module, router: Optional[Router], setup: NluSetu
 def write_eval(output_dir: Path, split: str, task: str, results: dict[str, dict[str, float]],
                extra: dict[str, Any]) -> Path:
     """``eval_<split>.json``, written atomically."""
-    path = output_dir / f"eval_{split}.json"
     payload = {"task": task, "split": split, "main_metric": main_metric(task),
                "policies": results, **extra}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(output_dir / f"eval_{split}.json", json.dumps(payload, indent=2) + "\n")
+
+
+def score_run(loaded: "NluModel", policies: Sequence[str], output_dir: Path
+              ) -> tuple[dict[str, dict[str, float]], Path]:
+    """Score a rebuilt run on its eval split under ``policies``; write ``eval_<split>.json``."""
+    setup, preset = loaded.setup, loaded.preset
+    features = setup.encode(setup.read(preset, setup.eval_split), preset.max_seq_len)
+    results = evaluate_policies(loaded.model, loaded.router, setup, features, policies,
+                                preset.adamix.ensemble_passes)
+    path = write_eval(output_dir, setup.eval_split, setup.task, results,
+                      {"examples": len(features)})
+    return results, path
 
 
 def nlu_task(preset: Preset) -> TrainTask:
@@ -164,12 +173,8 @@ def nlu_task(preset: Preset) -> TrainTask:
                            word_ids=setup.word_ids)
 
     def finish(output_dir: Path) -> None:
-        loaded = load_nlu_model(output_dir / "adaptation")
-        dev = setup.encode(setup.read(preset, setup.eval_split), preset.max_seq_len)
-        results = evaluate_policies(loaded.model, loaded.router, setup, dev, INFERENCE_MODES,
-                                    cfg.ensemble_passes)
-        path = write_eval(output_dir, setup.eval_split, setup.task, results,
-                          {"examples": len(dev)})
+        results, path = score_run(load_nlu_model(output_dir / "adaptation"), INFERENCE_MODES,
+                                  output_dir)
         merged = results["merged"]
         print(f"{setup.task} {setup.eval_split} (merged experts): "
               + ", ".join(f"{k} {v:.4f}" for k, v in merged.items()) + f"; all policies in {path}")
