@@ -104,6 +104,27 @@ if triton is not None:
             t = t.to(tl.float32)
         return t
 
+    @triton.jit
+    def _segment_tile(wd_ptr, wu_ptr, row_start, seg_rows, j0, k0, j1, k1, D, B,
+                      BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+        """This program's rows and experts, for a grid (row blocks, segments).
+
+        Returns (j, k, rows, rmask, cb, bmask, wd_base, wu_base): the segment's down / up expert,
+        the BLOCK_M global row indices (int64: N * D may pass 2**31) and their mask, the BLOCK_B
+        bottleneck columns and their mask, and the pointers to Wd[j] (D, B) and Wu[k] (B, D).
+        """
+        seg = tl.program_id(1)
+        j = j0 + seg * (j1 - j0)
+        k = k0 + seg * (k1 - k0)
+        local = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = local < seg_rows
+        rows = (row_start + seg * seg_rows + local).to(tl.int64)
+        cb = tl.arange(0, BLOCK_B)
+        bmask = cb < B
+        wd_base = wd_ptr + j.to(tl.int64) * D * B
+        wu_base = wu_ptr + k.to(tl.int64) * B * D
+        return j, k, rows, rmask, cb, bmask, wd_base, wu_base
+
     # Expert indices are not specialised (1 and multiples of 16 would each compile a kernel).
     @triton.jit(do_not_specialize=["j0", "k0", "j1", "k1"])
     def _fwd_kernel(
@@ -120,19 +141,9 @@ if triton is not None:
         Expert indices arrive as scalars (j0, k0) / (j1, k1) for program_id(1) = 0 / 1: no route
         table has to be copied to the device per call (no sync, CUDA-graph safe).
         """
-        pid_m = tl.program_id(0)
-        seg = tl.program_id(1)
-        j = j0 + seg * (j1 - j0)
-        k = k0 + seg * (k1 - k0)
         IO_DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-
-        local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = local < seg_rows
-        rows = (row_start + seg * seg_rows + local).to(tl.int64)  # int64: N * D may pass 2**31
-        cb = tl.arange(0, BLOCK_B)
-        bmask = cb < B
-        wd_base = wd_ptr + j.to(tl.int64) * D * B
-        wu_base = wu_ptr + k.to(tl.int64) * B * D
+        j, k, rows, rmask, cb, bmask, wd_base, wu_base = _segment_tile(
+            wd_ptr, wu_ptr, row_start, seg_rows, j0, k0, j1, k1, D, B, BLOCK_M, BLOCK_B)
 
         # Down projection: h = x @ Wd[j], BLOCK_K columns of x at a time.
         h = tl.zeros((BLOCK_M, BLOCK_B), dtype=tl.float32)
@@ -178,20 +189,10 @@ if triton is not None:
         dh = (g @ Wu[k]^T) * act'(h) is written for the weight gradients; dx = g + dh @ Wd[j]^T
         (the identity term is the residual) when COMPUTE_DX.
         """
-        pid_m = tl.program_id(0)
-        seg = tl.program_id(1)
-        j = j0 + seg * (j1 - j0)
-        k = k0 + seg * (k1 - k0)
         IO_DTYPE: tl.constexpr = g_ptr.dtype.element_ty
-
-        local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = local < seg_rows
-        rows = (row_start + seg * seg_rows + local).to(tl.int64)
-        cb = tl.arange(0, BLOCK_B)
-        bmask = cb < B
+        _j, _k, rows, rmask, cb, bmask, wd_base, wu_base = _segment_tile(
+            wd_ptr, wu_ptr, row_start, seg_rows, j0, k0, j1, k1, D, B, BLOCK_M, BLOCK_B)
         hmask = rmask[:, None] & bmask[None, :]
-        wd_base = wd_ptr + j.to(tl.int64) * D * B
-        wu_base = wu_ptr + k.to(tl.int64) * B * D
 
         # da = g @ Wu[k]^T: Wu is loaded as (BLOCK_B, BLOCK_N) tiles (contiguous along d) and
         # transposed in registers rather than gathered with a stride of D.

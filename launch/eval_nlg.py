@@ -25,14 +25,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generate_nlg import DTYPES, add_decoding_args, beam_settings, init_ranks  # noqa: E402
+from generate_nlg import add_decoding_args, beam_settings, prepare_decoding  # noqa: E402
 
 from adamix_ds.config import INFERENCE_MODES  # noqa: E402
 from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
 from adamix_ds.evaluation.metrics.meteor import Meteor15  # noqa: E402
 from adamix_ds.evaluation.metrics.java import JavaNotFoundError  # noqa: E402
-from adamix_ds.evaluation.pipeline import (load_decoding_model, score_outputs,  # noqa: E402
-                                           scored_texts, split_groups, write_generation)
+from adamix_ds.evaluation.pipeline import (score_outputs, scored_texts,  # noqa: E402
+                                           write_generation)
 from adamix_ds.evaluation.plots import routing_violin  # noqa: E402
 from adamix_ds.evaluation.report import PAPER_ROWS, atomic_write_text, markdown_table  # noqa: E402
 
@@ -61,17 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    rank, world, device = init_ranks()
-    device = torch.device(args.device) if args.device else device
     if args.random_routes < 0:
         raise ValueError(f"--random_routes must be >= 0, got {args.random_routes}")
     needs_experts = args.random_routes > 0 or set(args.policies) != {"merged"}
-    loaded = load_decoding_model(args.checkpoint, backbone=args.backbone, init=args.init,
-                                 tokenizer=args.tokenizer, merge=not needs_experts,
-                                 dtype=DTYPES[args.dtype], device=device)
-    task = args.task or loaded.preset.get("task", "e2e")
-    data_dir = args.data_dir if args.data_dir is not None else loaded.preset.get("data_dir")
-    groups = split_groups(task, args.split, data_dir, args.limit)
+    job = prepare_decoding(args, merge=not needs_experts)
+    rank, world, loaded, task, groups = job.rank, job.world, job.loaded, job.task, job.groups
     categories = [g["category"] for g in groups] if all("category" in g for g in groups) else None
     out = Path(args.output_dir) if args.output_dir else \
         Path(args.checkpoint).resolve().parent / f"eval_{args.split}"

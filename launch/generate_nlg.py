@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from adamix_ds.config import INFERENCE_MODES  # noqa: E402
 from adamix_ds.evaluation.beam import BeamSettings  # noqa: E402
 from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
-from adamix_ds.evaluation.pipeline import (TASKS, load_decoding_model, split_groups,  # noqa: E402
-                                           write_generation)
+from adamix_ds.evaluation.pipeline import (TASKS, DecodingModel,  # noqa: E402
+                                           load_decoding_model, split_groups, write_generation)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,6 +80,34 @@ def init_ranks() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+@dataclasses.dataclass
+class DecodingJob:
+    """What both launch scripts decode: this rank's place, the model and the test groups."""
+    rank: int
+    world: int
+    device: torch.device
+    loaded: DecodingModel
+    task: str
+    data_dir: Optional[str]
+    groups: list[dict[str, Any]]
+
+
+def prepare_decoding(args: argparse.Namespace, merge: bool) -> DecodingJob:
+    """Ranks, the checkpoint (merged when ``merge``) and the split's groups from the shared flags.
+
+    The checkpoint's stored preset gives the task and data directory unless a flag overrides it.
+    """
+    rank, world, device = init_ranks()
+    device = torch.device(args.device) if args.device else device
+    loaded = load_decoding_model(args.checkpoint, backbone=args.backbone, init=args.init,
+                                 tokenizer=args.tokenizer, merge=merge,
+                                 dtype=DTYPES[args.dtype], device=device)
+    task = args.task or loaded.preset.get("task", "e2e")
+    data_dir = args.data_dir if args.data_dir is not None else loaded.preset.get("data_dir")
+    groups = split_groups(task, args.split, data_dir, args.limit)
+    return DecodingJob(rank, world, device, loaded, task, data_dir, groups)
+
+
 def policy_dir_name(split: str, inference: str, ensemble_passes: int, route_draw: int) -> str:
     if inference == "ensemble":
         return f"{split}_ensemble{ensemble_passes}_draw{route_draw}"
@@ -106,20 +134,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    rank, world, device = init_ranks()
-    device = torch.device(args.device) if args.device else device
+    job = prepare_decoding(args, merge=args.inference == "merged")
+    rank, world, groups, task = job.rank, job.world, job.groups, job.task
     settings = beam_settings(args)
-    loaded = load_decoding_model(args.checkpoint, backbone=args.backbone, init=args.init,
-                                 tokenizer=args.tokenizer, merge=args.inference == "merged",
-                                 dtype=DTYPES[args.dtype], device=device)
-    task = args.task or loaded.preset.get("task", "e2e")
-    data_dir = args.data_dir if args.data_dir is not None else loaded.preset.get("data_dir")
-    groups = split_groups(task, args.split, data_dir, args.limit)
     start = time.perf_counter()
-    outputs = decode_sharded(loaded.model, loaded.tokenizer, [g["context"] for g in groups],
+    outputs = decode_sharded(job.loaded.model, job.loaded.tokenizer, [g["context"] for g in groups],
                              rank=rank, world_size=world, settings=settings,
                              batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
-                             router=loaded.router, inference=args.inference,
+                             router=job.loaded.router, inference=args.inference,
                              ensemble_passes=args.ensemble_passes, route_draw=args.route_draw)
     seconds = time.perf_counter() - start
     if rank == 0:
@@ -127,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output_dir) if args.output_dir else \
             Path(args.checkpoint).resolve().parent / "generations" / name
         meta = {"checkpoint": str(args.checkpoint), "task": task, "split": args.split,
-                "data_dir": data_dir, "contexts": len(groups), "inference": args.inference,
+                "data_dir": job.data_dir, "contexts": len(groups), "inference": args.inference,
                 "ensemble_passes": args.ensemble_passes, "route_draw": args.route_draw,
                 "beam": dataclasses.asdict(settings),
-                "ranks": world, "device": str(device), "dtype": args.dtype,
+                "ranks": world, "device": str(job.device), "dtype": args.dtype,
                 "decode_seconds": round(seconds, 3)}
         write_generation(out, task, groups, outputs, meta)
         print(f"{len(groups)} contexts decoded in {seconds:.1f}s on {world} rank(s) -> {out}")

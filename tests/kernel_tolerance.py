@@ -8,6 +8,7 @@ Measured on the interpreter (max normwise error over the cases): float32 ~6e-7, 
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 TOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -19,3 +20,15 @@ def assert_close_to_float64(got: torch.Tensor, ref: torch.Tensor, dtype: torch.d
     tol = TOL[dtype]
     torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * ref.abs().max().item(),
                                msg=lambda m: f"{what} ({dtype}): {m}")
+
+
+def skip_unless_kernels_run(interpreted: bool) -> None:
+    """Skip the calling test module when its kernels can run neither on a GPU nor interpreted.
+
+    ``tests/conftest.py`` turns the interpreter on without a GPU before triton is imported; this
+    catches a process that imported triton earlier, or an explicit ``TRITON_INTERPRET=0``.
+    """
+    if not torch.cuda.is_available() and not interpreted:
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set in this process, so "
+                    "the kernels are compiled for a GPU this machine lacks; run this module on "
+                    "its own", allow_module_level=True)

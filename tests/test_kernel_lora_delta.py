@@ -3,36 +3,26 @@
 Oracle: ``routed_lora_delta_reference`` evaluated in float64 on the *same* (already rounded) inputs,
 differentiated by autograd; the reference itself is checked against ``LoRAExperts.forward``.
 Without a GPU the kernel runs under the Triton interpreter, which must be switched on before triton
-is first imported (Triton wraps its own library then), hence the environment line above the
-imports. With a GPU the same cases run compiled on CUDA, plus bfloat16.
+is first imported (Triton wraps its own library then): ``tests/conftest.py`` does that. With a GPU
+the same cases run compiled on CUDA, plus bfloat16.
 
 Tolerances: the per-dtype normwise table of ``tests/kernel_tolerance.py``.
 """
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    # before the first import of triton (below, and in kernels.lora_delta)
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed; the kernel cannot run")
 
 from adamix_ds.experts import LoRAExperts  # noqa: E402
-from tests.kernel_tolerance import assert_close_to_float64  # noqa: E402
+from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
 from kernels import lora_delta  # noqa: E402
 from kernels.lora_delta import routed_lora_delta, routed_lora_delta_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-if not CUDA and not lora_delta.INTERPRETED:
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set in this process, so the "
-                "kernel is compiled for a GPU this machine lacks; run this module on its own",
-                allow_module_level=True)
+skip_unless_kernels_run(lora_delta.INTERPRETED)
 
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
 SCALE = 2.0   # alpha / r

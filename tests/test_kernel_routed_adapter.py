@@ -3,16 +3,10 @@
 Oracle: ``routed_adapter_reference`` evaluated in float64 on the *same* (already rounded) inputs and
 differentiated by autograd; the reference itself is checked against ``AdapterExperts.forward``.
 Without a GPU the kernels run under the Triton interpreter, which must be switched on before triton
-is first imported, hence the environment line above the imports. With a GPU the same cases run
-compiled on CUDA, plus bfloat16.
+is first imported: ``tests/conftest.py`` does that. With a GPU the same cases run compiled on
+CUDA, plus bfloat16.
 
-Tolerances are per dtype and normwise: |got - ref| <= tol * (|ref| + max|ref|), i.e. rtol = tol and
-atol = tol * max|ref|. A matmul's rounding error scales with the magnitudes summed, not with each
-(possibly cancelled) element, so the atol follows the tensor's scale instead of being a fixed loose
-constant. Measured on the interpreter (max normwise error over all cases and tensors):
-float32 ~3.7e-7, float16 ~3.3e-4 (under half an fp16 ulp: y, dx and the dot operands are
-fp16), so the table leaves 5-6x headroom.
-bfloat16 (GPU only) allows 8x fp16's tolerance, its ulp being 8x larger.
+Tolerances: the per-dtype normwise table of ``tests/kernel_tolerance.py``.
 """
 from __future__ import annotations
 
@@ -21,28 +15,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    # before the first import of triton (below, and in kernels.routed_adapter)
-    os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed; the kernels cannot run")
 
 from adamix_ds.experts import AdapterExperts  # noqa: E402
-from tests.kernel_tolerance import assert_close_to_float64  # noqa: E402
+from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
 from kernels import routed_adapter as ra  # noqa: E402
 from kernels.routed_adapter import (LaunchConfig, gpu_config, routed_adapter,  # noqa: E402
                                     routed_adapter_reference)
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-if not CUDA and not ra.INTERPRETED:
-    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set in this process, so the "
-                "kernels are compiled for a GPU this machine lacks; run this module on its own",
-                allow_module_level=True)
+skip_unless_kernels_run(ra.INTERPRETED)
 
 F32, F16 = torch.float32, torch.float16
 NAMES = ("x", "down_weight", "down_bias", "up_weight", "up_bias")

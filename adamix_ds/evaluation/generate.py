@@ -80,7 +80,33 @@ def inference_policy(model: nn.Module, router: Optional[Router], mode: str,
         router.eval_draw = saved_draw
 
 
+def _prompts(model: nn.Module, tokenizer: Any, unique: Sequence[str], settings: BeamSettings,
+             max_prompt_tokens: Optional[int]) -> list[list[int]]:
+    """Token ids of BPE(context) + eos for each distinct context, left-cut to the budget."""
+    budget = max_prompt_tokens or default_prompt_budget(model, settings)
+    ids = tokenizer(list(unique), add_special_tokens=False)["input_ids"] if unique else []
+    return [build_prompt(c, tokenizer.eos_token_id, budget) for c in ids]
+
+
 @torch.no_grad()
+def _decode_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]],
+                    settings: BeamSettings, batch_size: int, router: Optional[Router],
+                    inference: str, ensemble_passes: int, route_draw: int) -> list[str]:
+    """Beam-decode token prompts; texts come back in the order of ``prompts``."""
+    model.eval()
+    # Longest first, so each batch pads little and the biggest batch fails first if memory is short.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    with inference_policy(model, router, inference, ensemble_passes, route_draw) as members:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outputs = beam_search(model, [prompts[i] for i in chunk], settings,
+                                  pad_id=tokenizer.eos_token_id, members=members)
+            for i, tokens in zip(chunk, outputs):
+                texts[i] = tokenizer.decode(tokens).strip()
+    return texts
+
+
 def decode_contexts(model: nn.Module, tokenizer: Any, contexts: Sequence[str],
                     settings: BeamSettings = BeamSettings(), batch_size: int = 16,
                     max_prompt_tokens: Optional[int] = None, router: Optional[Router] = None,
@@ -96,42 +122,38 @@ def decode_contexts(model: nn.Module, tokenizer: Any, contexts: Sequence[str],
         max_prompt_tokens: left-cut prompts to this length (default: positions - max_new_tokens).
         router / inference / ensemble_passes / route_draw: see :func:`inference_policy`.
     """
-    model.eval()
-    eos = tokenizer.eos_token_id
-    budget = max_prompt_tokens or default_prompt_budget(model, settings)
-    unique = list(dict.fromkeys(contexts))
-    ids = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
-    prompts = [build_prompt(c, eos, budget) for c in ids]
-    # Longest first, so each batch pads little and the biggest batch fails first if memory is short.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    texts: dict[str, str] = {}
-    with inference_policy(model, router, inference, ensemble_passes, route_draw) as members:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            outputs = beam_search(model, [prompts[i] for i in chunk], settings, pad_id=eos,
-                                  members=members)
-            for i, tokens in zip(chunk, outputs):
-                texts[unique[i]] = tokenizer.decode(tokens).strip()
-    return [texts[c] for c in contexts]
+    return decode_sharded(model, tokenizer, contexts, settings=settings, batch_size=batch_size,
+                          max_prompt_tokens=max_prompt_tokens, router=router,
+                          inference=inference, ensemble_passes=ensemble_passes,
+                          route_draw=route_draw)
 
 
 def decode_sharded(model: nn.Module, tokenizer: Any, contexts: Sequence[str], rank: int = 0,
-                   world_size: int = 1, **decode_kwargs: Any) -> list[str]:
+                   world_size: int = 1, settings: BeamSettings = BeamSettings(),
+                   batch_size: int = 16, max_prompt_tokens: Optional[int] = None,
+                   router: Optional[Router] = None, inference: str = "merged",
+                   ensemble_passes: int = 1, route_draw: int = 0) -> list[str]:
     """:func:`decode_contexts` split over ranks; every rank returns all outputs in input order.
 
-    Contexts are ranked by length and dealt round-robin, so each rank gets a similar mix of long
-    and short prompts; the outputs come back through one ``all_gather_object``.
+    The distinct contexts are tokenized once, ranked by prompt length and dealt round-robin, so
+    each rank gets a similar mix of long and short prompts and no context is decoded on two
+    ranks; the outputs come back through one ``all_gather_object``.
     """
-    if world_size == 1:
-        return decode_contexts(model, tokenizer, contexts, **decode_kwargs)
-    lengths = [len(ids) for ids in tokenizer(list(contexts), add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(contexts)), key=lambda i: -lengths[i])
+    unique = list(dict.fromkeys(contexts))
+    prompts = _prompts(model, tokenizer, unique, settings, max_prompt_tokens)
+    order = sorted(range(len(unique)), key=lambda i: -len(prompts[i]))
     mine = order[rank::world_size]
-    outputs = decode_contexts(model, tokenizer, [contexts[i] for i in mine], **decode_kwargs)
-    gathered: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(gathered, list(zip(mine, outputs)))
-    by_index = dict(pair for part in gathered for pair in part)
-    missing = [i for i in range(len(contexts)) if i not in by_index]
+    texts = _decode_prompts(model, tokenizer, [prompts[i] for i in mine], settings, batch_size,
+                            router, inference, ensemble_passes, route_draw)
+    pairs = list(zip(mine, texts))
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(gathered, pairs)
+        pairs = [pair for part in gathered for pair in part]
+    by_index = dict(pairs)
+    missing = [i for i in range(len(unique)) if i not in by_index]
     if missing:
-        raise RuntimeError(f"{len(missing)} contexts came back from no rank (first: {missing[0]})")
-    return [by_index[i] for i in range(len(contexts))]
+        raise RuntimeError(f"{len(missing)} contexts came back from no rank "
+                           f"(first: {unique[missing[0]]!r})")
+    by_context = {unique[i]: text for i, text in by_index.items()}
+    return [by_context[c] for c in contexts]
