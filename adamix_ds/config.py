@@ -18,6 +18,7 @@ PLACEMENTS = ("ffn", "attn+ffn")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 INFERENCE_MODES = ("merged", "fixed", "random", "ensemble")
 KL_MODES = ("stopgrad", "symmetric")
+EXPERT_INITS = ("copy", "independent")
 # Canonical LoRA target names; inject.py maps them to module names per architecture.
 CANONICAL_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out")
 
@@ -54,6 +55,10 @@ class AdaMixConfig:
         ensemble_passes: T, routed passes averaged by the ``ensemble`` policy.
         extra_trainable: regexes over parameter names that stay trainable besides the
             adaptation modules (e.g. a classification head for NLU).
+        expert_init: ``"copy"`` (the authors' code: one module is drawn and copied into every
+            expert, so all experts of a projection start identical and the merged module equals
+            each of them) or ``"independent"`` (each expert drawn on its own; a merged LoRA A
+            then starts at about 1/sqrt(M) of an expert's norm).
     """
 
     method: str = "lora"
@@ -72,6 +77,7 @@ class AdaMixConfig:
     inference: str = "merged"
     ensemble_passes: int = 4
     extra_trainable: tuple[str, ...] = field(default_factory=tuple)
+    expert_init: str = "copy"
 
     def __post_init__(self) -> None:
         # Accept lists / comma strings from JSON or argparse, store tuples (hashable, immutable).
@@ -94,6 +100,7 @@ class AdaMixConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("inference", self.inference, INFERENCE_MODES)
         _choice("consistency_mode", self.consistency_mode, KL_MODES)
+        _choice("expert_init", self.expert_init, EXPERT_INITS)
         _positive_int("num_experts", self.num_experts)
         _positive_int("rank", self.rank)
         _positive_int("bottleneck", self.bottleneck)

@@ -39,6 +39,13 @@ def experts_per_side(num_experts: int, share: str) -> tuple[int, int]:
     return (1 if share == "down" else num_experts, 1 if share == "up" else num_experts)
 
 
+def _copy_first_expert(*stacks: torch.Tensor) -> None:
+    """Overwrite experts 1..M-1 of each (M, ...) stack with expert 0 (``expert_init="copy"``)."""
+    with torch.no_grad():
+        for stack in stacks:
+            stack[1:] = stack[:1]
+
+
 def _segments(x: torch.Tensor, route: Route) -> list[torch.Tensor]:
     """Split x (B, ...) into len(route) equal batch segments."""
     if x.shape[0] % len(route):
@@ -54,8 +61,9 @@ class LoRAExperts(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, num_experts: int,
-                 share: str, scale: float) -> None:
+                 share: str, scale: float, init: str = "copy") -> None:
         super().__init__()
+        self.init = init
         n_down, n_up = experts_per_side(num_experts, share)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.scale = scale
@@ -75,8 +83,11 @@ class LoRAExperts(nn.Module):
         # A as nn.Linear's default (kaiming_uniform, a=sqrt(5)) on an (r, d_in) weight, which is
         # U(-1/sqrt(d_in), 1/sqrt(d_in)); B = 0 so the adapted model starts equal to the base.
         bound = 1.0 / math.sqrt(self.in_features)
+        # All M slices are drawn in either mode, so expert 0 is the same draw in both.
         nn.init.uniform_(self.lora_a, -bound, bound)
         nn.init.zeros_(self.lora_b)
+        if self.init == "copy":
+            _copy_first_expert(self.lora_a)
 
     def merged_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 3: (mean_j A_j (d_in, r), mean_k B_k (r, d_out))."""
@@ -135,8 +146,9 @@ class AdapterExperts(nn.Module):
     """M Houlsby adapters: ``h + act(h @ W_down[j] + b_down[j]) @ W_up[k] + b_up[k]``."""
 
     def __init__(self, features: int, bottleneck: int, num_experts: int, share: str,
-                 activation: str) -> None:
+                 activation: str, init: str = "copy") -> None:
         super().__init__()
+        self.init = init
         n_down, n_up = experts_per_side(num_experts, share)
         self.features, self.bottleneck, self.activation = features, bottleneck, activation
         self.act = ACTIVATIONS[activation]
@@ -160,6 +172,8 @@ class AdapterExperts(nn.Module):
             nn.init.trunc_normal_(weight, std=1e-3, a=-2e-3, b=2e-3)
         nn.init.zeros_(self.down_bias)
         nn.init.zeros_(self.up_bias)
+        if self.init == "copy":
+            _copy_first_expert(self.down_weight, self.up_weight)
 
     def merged_weights(self) -> tuple[torch.Tensor, ...]:
         """Eq. 3: the mean of each stacked tensor over its experts."""

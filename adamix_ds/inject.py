@@ -203,11 +203,12 @@ def inject_adamix(model: nn.Module, cfg: AdaMixConfig, router: Optional[Router] 
         if cfg.method == "lora":
             slices = _slices(parts, d_out, name)
             layer: AdaMixLayer = AdaMixLoRA(base, slices, cfg.rank, cfg.num_experts, cfg.share,
-                                            cfg.alpha, cfg.lora_dropout, router, name)
+                                            cfg.alpha, cfg.lora_dropout, router, name,
+                                            cfg.expert_init)
         else:
             slices = {"adapter": (0, d_out)}
             layer = AdaMixAdapter(base, cfg.bottleneck, cfg.num_experts, cfg.share,
-                                  cfg.activation, router, name)
+                                  cfg.activation, router, name, cfg.expert_init)
         layer.to(device=base.weight.device, dtype=base.weight.dtype)
         _set_submodule(model, name, layer)
         replaced.append({"name": name, "base": type(base).__name__, "d_in": d_in,

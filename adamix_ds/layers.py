@@ -73,7 +73,7 @@ class AdaMixLoRA(AdaMixLayer):
 
     def __init__(self, base: nn.Module, slices: dict[str, tuple[int, int]], rank: int,
                  num_experts: int, share: str, alpha: float, dropout: float, router: Router,
-                 name: str) -> None:
+                 name: str, init: str = "copy") -> None:
         super().__init__(base, router)
         d_in, d_out = projection_shape(base)
         self.slices = dict(slices)
@@ -81,7 +81,7 @@ class AdaMixLoRA(AdaMixLayer):
             if not 0 <= start < stop <= d_out:
                 raise ValueError(f"{name}: slice {slice_name}={start}:{stop} outside 0:{d_out}")
             self._register(name, slice_name, LoRAExperts(d_in, stop - start, rank, num_experts,
-                                                         share, alpha / rank))
+                                                         share, alpha / rank, init))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.folded = False
 
@@ -126,12 +126,13 @@ class AdaMixAdapter(AdaMixLayer):
     """Routed Houlsby adapter on the output of ``base``: y = base(x); y + adapter(y)."""
 
     def __init__(self, base: nn.Module, bottleneck: int, num_experts: int, share: str,
-                 activation: str, router: Router, name: str) -> None:
+                 activation: str, router: Router, name: str, init: str = "copy") -> None:
         super().__init__(base, router)
         _, d_out = projection_shape(base)
         self.slices = {"adapter": (0, d_out)}
         self._register(name, "adapter",
-                       AdapterExperts(d_out, bottleneck, num_experts, share, activation))
+                       AdapterExperts(d_out, bottleneck, num_experts, share, activation,
+                                      init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base(x)                                     # (B, T, d)

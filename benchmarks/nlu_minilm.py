@@ -117,7 +117,9 @@ def adamix_config(method: str, args: argparse.Namespace, seed: int) -> Optional[
     if method == "adamix":
         return AdaMixConfig(method="adapter", num_experts=args.experts, bottleneck=args.bottleneck,
                             activation="gelu", placement="ffn", share="up",
-                            consistency_weight=1.0, consistency_mode="stopgrad", **common)
+                            consistency_weight=1.0, consistency_mode="stopgrad",
+                            # the cached table was measured with independently drawn experts
+                            expert_init="independent", **common)
     if method == "lora":
         return AdaMixConfig(method="lora", num_experts=1, rank=args.lora_rank,
                             alpha=2.0 * args.lora_rank, targets=("q", "v"), lora_dropout=0.1,
