@@ -31,13 +31,21 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow and not multirank" tests
 
-# The main job on the embedded default: a small GPT-2 from a config, the bundled GPT-2 BPE and
-# E2E sample, one CPU rank; merges the experts and decodes a few test MRs at the end.
+# The main job on the embedded default: warm up a small stand-in GPT-2 on the bundled E2E training
+# references (cached in $(DEMO_BACKBONE); skipped once finished), train AdaMix-LoRA on the bundled
+# E2E sample with DeepSpeed on one CPU rank, then decode the sample's test MRs with the merged
+# experts and print them beside their references with the five E2E scores.
 DEMO_DIR ?= runs/demo
+DEMO_BACKBONE ?= runs/demo_backbone
 demo: $(STAMP)
+	$(PY) launch/pretrain_lm.py --data_dir assets/e2e_warmup --sources e2e_refs \
+		--heldout_sources e2e_refs --n_layer 2 --n_embd 128 --n_head 2 --block_size 64 \
+		--batch_size 16 --max_steps 100 --lr 3e-3 --warmup_steps 10 --eval_blocks 16 \
+		--log_every 20 --output_dir $(DEMO_BACKBONE)
 	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_accelerators 1 launch/train_nlg.py \
 		--ds_config ds_configs/cpu_zero0.json --preset launch/presets/demo.yaml \
-		--output_dir $(DEMO_DIR) --no_resume
+		--backbone $(DEMO_BACKBONE) --output_dir $(DEMO_DIR) --no_resume --sample_after 4
+	$(PY) launch/eval_nlg.py --checkpoint $(DEMO_DIR)/adaptation
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_consistency.py

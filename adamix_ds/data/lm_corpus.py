@@ -6,8 +6,8 @@ The stand-in GPT-2 must never see E2E text, so that E2E stays an unseen adaptati
 * ``dart``: DART annotations whose ``source`` is not E2E (DART v1.1.1 copies about 4,300 E2E
   references into its dev file; they are dropped, and the count is reported);
 * ``glue``: the sentences of the GLUE tasks present (``train.tsv``; held out: ``dev.tsv``);
-* ``e2e_refs``: the references (never the MRs) of an E2E file: only for the demo's warm-up, which
-  is scored on other E2E references.
+* ``e2e_refs``: the references (never the MRs) of an E2E ``train.txt`` (held out: ``valid.txt``):
+  only for the demo's warm-up, which is scored on the test references.
 
 Texts are de-duplicated in first-seen order, each followed by ``<|endoftext|>``, concatenated and
 cut into blocks of ``block_size`` tokens (the last partial block is dropped).
@@ -31,7 +31,7 @@ CORPUS_SOURCES = ("webnlg", "dart", "glue", "e2e_refs")
 GLUE_TEXT_TASKS = ("CoLA", "SST-2", "MRPC", "RTE", "STS-B")
 _SPLITS = {"train": {"webnlg": "train.json", "dart": "dart-v1.1.1-full-dev.json",
                      "glue": "train", "e2e_refs": "train.txt"},
-           "heldout": {"webnlg": "dev.json", "glue": "dev"}}
+           "heldout": {"webnlg": "dev.json", "glue": "dev", "e2e_refs": "valid.txt"}}
 
 
 @dataclass
