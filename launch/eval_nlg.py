@@ -47,6 +47,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--random_routes", type=int, default=0,
                         help="K random-routing decodes for the routing violin plot")
     parser.add_argument("--java", help="java executable for METEOR / PTB tokenizer")
+    parser.add_argument("--show", type=int, default=0, metavar="N",
+                        help="print the first N decodes of each policy beside a reference")
     parser.add_argument("--output_dir")
     return parser.parse_args(argv)
 
@@ -63,6 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.random_routes < 0:
         raise ValueError(f"--random_routes must be >= 0, got {args.random_routes}")
+    if args.show < 0:
+        raise ValueError(f"--show must be >= 0, got {args.show}")
     needs_experts = args.random_routes > 0 or set(args.policies) != {"merged"}
     job = prepare_decoding(args, merge=not needs_experts)
     rank, world, loaded, task, groups = job.rank, job.world, job.loaded, job.task, job.groups
@@ -87,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
                           "inference": inference, "ensemble_passes": passes, "route_draw": draw,
                           "decode_seconds": round(seconds, 3)})
         scored_hyps, scored_refs, _ = scored_texts(task, hyps, groups)
+        if args.show:
+            _print_decodes(name, groups[:args.show], scored_hyps, scored_refs)
         results = score_outputs(task, scored_hyps, scored_refs, categories, java=args.java,
                                 meteor=meteor)
         scored = {subset: r.to_dict() for subset, r in results.items()}
@@ -110,6 +116,15 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         torch.distributed.barrier()
     return 0 if rank or _all_scored(report) else 1
+
+
+def _print_decodes(name: str, groups: Sequence[dict[str, Any]], hyps: Sequence[str],
+                   refs: Sequence[Sequence[str]]) -> None:
+    """Input, decode (as scored) and the first of its references, for the first len(groups)."""
+    print(f"\n[{name}] first {len(groups)} decodes:")
+    for group, hyp, group_refs in zip(groups, hyps, refs):
+        print(f"  input : {group['context']}\n  output: {hyp or '(empty)'}\n"
+              f"  ref   : {group_refs[0] if group_refs else '(none)'}\n")
 
 
 def _start_meteor(java: Optional[str]) -> Optional[Meteor15]:
