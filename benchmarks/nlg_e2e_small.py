@@ -53,6 +53,7 @@ from adamix_ds.evaluation.pipeline import scored_texts, split_groups  # noqa: E4
 from adamix_ds.losses import adamix_loss  # noqa: E402
 from adamix_ds.training.step import adamix_forward  # noqa: E402
 from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
+from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1      # bump when a change alters results: old cache entries stop matching
 METHODS = ("lora", "adamix_lora", "adamix_lora_indep", "adapter", "adamix_adapter", "full")
@@ -236,24 +237,6 @@ def settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
                                                 if k != "routing_seed"}}
 
 
-def settings_hash(values: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def load_cache(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
-
-
-def save_entry(path: Path, key: str, entry: dict[str, Any]) -> None:
-    """Write one run's entry atomically (re-read first: nothing else in the cache is lost)."""
-    cache = load_cache(path)
-    cache["runs"][key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
@@ -411,7 +394,7 @@ def run_all(args: argparse.Namespace, cache_path: Path, command: str) -> None:
                                  "settings_hash": h, "device": device_name(),
                                  "date": datetime.date.today().isoformat(),
                                  "command": command, "policies": {}, **info}
-                        save_entry(cache_path, key, entry)
+                        save_run(cache_path, key, entry)
                         todo = list(policies_of(method))
                 else:
                     load_state(model, weights)
@@ -422,7 +405,7 @@ def run_all(args: argparse.Namespace, cache_path: Path, command: str) -> None:
                     result = decode_and_score(model, router, policy, groups, tokenizer, args,
                                               meteor)
                     entry["policies"][policy] = result
-                    save_entry(cache_path, key, entry)
+                    save_run(cache_path, key, entry)
                     s = result["scores"]
                     log(f"[{method} seed {seed}] {policy}: BLEU {100 * s['BLEU']:.2f} NIST "
                         f"{s['NIST']:.3f} METEOR {100 * s['METEOR']:.2f} ROUGE_L "

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import json
 import math
 import os
 import platform
@@ -52,6 +51,7 @@ from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
 from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
 from adamix_ds.nlu import nlu_forward, predict  # noqa: E402
 from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
+from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
 SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run
@@ -299,31 +299,11 @@ def method_settings(method: str, args: argparse.Namespace, digest: str) -> dict[
     return out
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def package_version() -> str:
     try:
         return metadata.version(MODEL_PACKAGE)
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def load_cache(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {"runs": {}}
-    return json.loads(path.read_text())
-
-
-def save_run(path: Path, key: str, entry: dict[str, Any]) -> None:
-    """Add one run to the cache atomically (re-read first: nothing already there is lost)."""
-    cache = load_cache(path)
-    cache["runs"][key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def run_key(task: str, method: str, seed: int, h: str) -> str:
