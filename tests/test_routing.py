@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 
 from adamix_ds.config import INFERENCE_MODES
 from adamix_ds.routing import Router, splitmix64
+from tests.dist_env import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER = REPO_ROOT / "tests" / "multirank" / "route_digest_worker.py"
@@ -499,12 +499,6 @@ def test_check_consistency_is_a_noop_without_a_process_group():
     assert make_router(seed=0).check_consistency() is None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(rank_args: Sequence[Sequence[str]], tmp_path: Path,
               timeout: float = 150.0) -> List[List[dict]]:
     """Launch one worker per rank in a gloo group on 127.0.0.1 and return each rank's JSON lines.
@@ -513,7 +507,7 @@ def run_ranks(rank_args: Sequence[Sequence[str]], tmp_path: Path,
     surviving ranks are killed at once.
     """
     world = len(rank_args)
-    port = _free_port()
+    port = free_port()
     procs, outs, errs = [], [], []
     for rank, args in enumerate(rank_args):
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1",

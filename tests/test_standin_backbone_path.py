@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ from adamix_ds.data import bundled_asset, load_tokenizer
 from adamix_ds.data.lm_corpus import collect_texts, pack_blocks
 from adamix_ds.evaluation.pipeline import load_decoding_model
 from adamix_ds.pretraining import PretrainConfig, pretrain
+from tests.dist_env import single_process_env
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "launch"))
@@ -61,22 +60,13 @@ train:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _train(preset: Path, out: Path, *flags: str) -> list[dict[str, str]]:
     """launch/train_nlg.py as one torch.distributed process (no launcher); the train log rows."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RANK="0",
-               WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "launch" / "train_nlg.py"), "--ds_config",
            str(REPO / "ds_configs" / "cpu_zero0.json"), "--preset", str(preset),
            "--output_dir", str(out), "--no_resume", *flags]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=REPO, env=single_process_env(), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     with open(out / "train_log.csv") as handle:
         return list(csv.DictReader(handle))
@@ -108,10 +98,6 @@ def trained(standin: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             "random_rows": random, "root": root}
 
 
-def _weights_of(standin: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(standin / "model.safetensors"))
-
-
 def test_training_starts_from_the_directory_weights(trained: dict) -> None:
     rows, random_rows = trained["rows"], trained["random_rows"]
     assert [int(float(r["step"])) for r in rows] == [1, 2, 3]
@@ -125,7 +111,7 @@ def test_training_starts_from_the_directory_weights(trained: dict) -> None:
 def test_decoding_serves_the_directory_weights(trained: dict, standin: Path) -> None:
     loaded = load_decoding_model(trained["adaptation"], merge=False)
     state = loaded.model.state_dict()
-    weights = _weights_of(standin)
+    weights = load_file(str(standin / "model.safetensors"))
     assert len(weights) >= 4 * 2 + 4                 # every block's tensors, not a stub file
     for name, tensor in weights.items():
         # the LoRA layer keeps the projection it wraps as `base`, unmerged here

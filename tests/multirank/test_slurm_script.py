@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.dist_env import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,12 +36,6 @@ echo 127.0.0.1
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multirank
 @pytest.mark.slow
 def test_sbatch_script_runs_two_ranks(tmp_path):
@@ -51,7 +46,7 @@ def test_sbatch_script_runs_two_ranks(tmp_path):
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHON": sys.executable, "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "node[1]",
-           "SLURM_SUBMIT_DIR": str(REPO), "MASTER_PORT": str(_free_port()),
+           "SLURM_SUBMIT_DIR": str(REPO), "MASTER_PORT": str(free_port()),
            "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
     out_dir = tmp_path / "run"

@@ -25,7 +25,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from typing import Optional
 import pytest
 import torch
 import yaml
+
+from tests.dist_env import child_env, free_port, single_process_env
 
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
 
@@ -52,8 +53,6 @@ RESUME_STEPS = 10  # tiny_dropout.yaml's max_steps
 # fresh machine also compiles its shm comm op (~45-80 s, cached in ~/.cache/torch_extensions).
 RUN_TIMEOUT = 240
 ERROR_TIMEOUT = 90  # a bad input must be refused before any training
-_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "GROUP_RANK", "CROSS_RANK", "CROSS_SIZE")
 
 # Float32 rounding differs between 1 rank x 2b and 2 ranks x b (other matmul shapes, other
 # reduction order): measured |diff| <= 2e-6 on losses of ~10.8 and <= 5e-6 on expert weights,
@@ -86,29 +85,6 @@ def _tail(text: str, limit: int = 8000) -> str:
     lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
     text = "\n".join(line for line in lines if line.strip())
     return text[-limit:]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    # TRITON_INTERPRET (set by tests/conftest.py on CPU) is dropped: ranks run the torch path
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS and k != "TRITON_INTERPRET"}
-    env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    # PATH stays the caller's: torch builds DeepSpeed's comm op with the first `ninja` on it, and
-    # two ninja versions (the venv's pip one, the system's) invalidate each other's build cache.
-    env.update(extra)
-    return env
-
-
-def single_process_env() -> dict[str, str]:
-    """torch.distributed env:// variables of a 1-process world (no launcher)."""
-    return child_env(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(free_port()))
 
 
 def train_args(ds_config: Path, preset: Path, out_dir: Path, *flags: str) -> list[str]:
