@@ -7,12 +7,20 @@ written out below (GPT-2 sizes from OpenAI's release, BERT / RoBERTa from their 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
-                          AutoModelForSequenceClassification, BertConfig, GPT2Config,
-                          PretrainedConfig, PreTrainedModel, RobertaConfig)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaConfig,
+)
 
 # name -> (config class, published hyper-parameters that differ from the class defaults)
 PUBLISHED_CONFIGS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
@@ -63,7 +71,7 @@ def load_config(name_or_path: str, **overrides: Any) -> PretrainedConfig:
 
 
 def load_backbone(name_or_path: str, init: str = "pretrained", task: str = "causal_lm",
-                  dtype: Optional[torch.dtype] = None, seed: int = 0,
+                  dtype: torch.dtype | None = None, seed: int = 0,
                   **config_overrides: Any) -> PreTrainedModel:
     """Build the frozen backbone.
 

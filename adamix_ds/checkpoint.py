@@ -17,8 +17,9 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -65,7 +66,7 @@ def adaptation_state_dict(model: nn.Module, cfg: AdaMixConfig) -> dict[str, torc
             for name, p in saved_parameters(model, cfg).items()}
 
 
-def _merge_state(model: nn.Module) -> Optional[str]:
+def _merge_state(model: nn.Module) -> str | None:
     modes = {layer.merged_mode for layer in adamix_layers(model).values()}
     if len(modes) != 1:
         raise ValueError(f"layers are in different merge states {modes}; merge all or none")
@@ -73,8 +74,8 @@ def _merge_state(model: nn.Module) -> Optional[str]:
 
 
 def save_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig,
-                    state: Optional[dict[str, torch.Tensor]] = None,
-                    extra: Optional[dict[str, Any]] = None) -> Path:
+                    state: dict[str, torch.Tensor] | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
     """Save the mixture (or the merged module) of ``model`` to ``directory``, atomically.
 
     ``state`` overrides the tensors (e.g. gathered from ZeRO-3 partitions by the trainer).
@@ -120,7 +121,9 @@ def load_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig) 
     diffs = [f"{f}: checkpoint {getattr(saved_cfg, f)!r} vs model {getattr(cfg, f)!r}"
              for f in _STRUCTURAL_FIELDS if getattr(saved_cfg, f) != getattr(cfg, f)]
     if diffs:
-        raise ValueError(f"{directory}: AdaMix config does not match the model: " + "; ".join(diffs))
+        raise ValueError(
+            f"{directory}: AdaMix config does not match the model: " + "; ".join(diffs)
+        )
     if meta["merged"] and _merge_state(model) != meta["merged"]:
         merge_experts(model, meta["merged"])
     params = saved_parameters(model, cfg)
@@ -136,7 +139,7 @@ def load_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig) 
     return meta
 
 
-# --- PEFT export -----------------------------------------------------------------------------------
+# --- PEFT export ----------------------------------------------------------------------------------
 def _peft_factors(layer: AdaMixLoRA) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One PEFT LoRA (lora_A (R, d_in), lora_B (d_out, R)) equal to the layer's merged update.
 
@@ -160,7 +163,7 @@ def _peft_factors(layer: AdaMixLoRA) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def export_peft(model: nn.Module, directory: str | Path, cfg: AdaMixConfig,
-                base_model_name_or_path: Optional[str] = None) -> Path:
+                base_model_name_or_path: str | None = None) -> Path:
     """Write the merged LoRA as a PEFT adapter (``PeftModel.from_pretrained`` loads it).
 
     Uses each layer's merged weights: Eq. 3 averages, or the result of an earlier
@@ -189,7 +192,7 @@ def export_peft(model: nn.Module, directory: str | Path, cfg: AdaMixConfig,
         tensors[f"base_model.model.{name}.lora_A.weight"] = lora_a.detach().cpu().contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_b.detach().cpu().contiguous()
         ranks[name], alphas[name] = lora_a.shape[0], scale * lora_a.shape[0]
-    rank, alpha = Counter(zip(ranks.values(), alphas.values())).most_common(1)[0][0]
+    rank, alpha = Counter(zip(ranks.values(), alphas.values(), strict=True)).most_common(1)[0][0]
     peft_cfg = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=cfg.lora_dropout, bias="none",
         target_modules=sorted(layers), fan_in_fan_out=kinds == {"Conv1D"},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .backbones import INITS, load_backbone
 from .checkpoint import export_peft, load_adaptation, read_adaptation_config, save_adaptation
@@ -138,7 +138,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         else:
             results = {"all": score_dart(hyps, refs, java=args.java)}
         # BLEU as multi-bleu-detok prints it; METEOR / TER with two more digits than eval.py
-        decimals = dict(zip(WEBNLG_METRICS, (2, 4, 4)))
+        decimals = dict(zip(WEBNLG_METRICS, (2, 4, 4), strict=True))
     if args.json:
         if args.task == "webnlg":
             print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -129,19 +129,21 @@ class AdaMixConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "AdaMixConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> AdaMixConfig:
         """Build from a dict; unknown keys are an error (a typo must not be silently ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown AdaMix field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(
+                f"{source}: unknown AdaMix field(s) {unknown}; known: {sorted(known)}"
+            )
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "AdaMixConfig":
+    def load(cls, path: str | Path) -> AdaMixConfig:
         try:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as err:

@@ -17,7 +17,7 @@ pass). ``route=None`` means the merged module (Eq. 3: mean of the stacked weight
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ class LoRAExperts(nn.Module):
         a, b = self.merged_weights()
         return self.scale * (a @ b)
 
-    def forward(self, x: torch.Tensor, route: Optional[Route]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, route: Route | None) -> torch.Tensor:
         """x: (B, ..., d_in) -> (B, ..., d_out) update for the routed (or merged) experts."""
         if route is None:
             a, b = self.merged_weights()
@@ -109,10 +109,10 @@ class LoRAExperts(nn.Module):
             return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale,
                                      use_triton=choice)
         outs = [self.scale * ((xs @ self.lora_a[j]) @ self.lora_b[k])
-                for xs, (j, k) in zip(_segments(x, route), route)]
+                for xs, (j, k) in zip(_segments(x, route), route, strict=True)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
-    def add_into(self, out: torch.Tensor, x: torch.Tensor, route: Optional[Route],
+    def add_into(self, out: torch.Tensor, x: torch.Tensor, route: Route | None,
                  start: int) -> torch.Tensor:
         """``out[..., start:start + d_out] += forward(x, route)``; returns the updated ``out``.
 
@@ -184,7 +184,7 @@ class AdapterExperts(nn.Module):
                  bu: torch.Tensor) -> torch.Tensor:
         return h + self.act(h @ wd + bd) @ wu + bu
 
-    def forward(self, h: torch.Tensor, route: Optional[Route]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, route: Route | None) -> torch.Tensor:
         """h: (B, ..., d) -> (B, ..., d), residual included."""
         if route is None:
             return self._adapter(h, *self.merged_weights())
@@ -196,7 +196,7 @@ class AdapterExperts(nn.Module):
                                   self.up_bias, route, self.activation, use_triton=True)
         outs = [self._adapter(hs, self.down_weight[j], self.down_bias[j], self.up_weight[k],
                               self.up_bias[k])
-                for hs, (j, k) in zip(_segments(h, route), route)]
+                for hs, (j, k) in zip(_segments(h, route), route, strict=True)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     def param_count_merged(self) -> int:

@@ -42,7 +42,9 @@ def ensemble_probs(model: nn.Module, router: Router, num_passes: int, batched: b
     with router.use_inference("ensemble"):
         if batched:
             with router.use_passes(*range(num_passes)):
-                logits = model(**{k: _repeat_batch(v, num_passes) for k, v in inputs.items()}).logits
+                logits = model(
+                    **{k: _repeat_batch(v, num_passes) for k, v in inputs.items()}
+                ).logits
             probs = logits.float().softmax(-1).unflatten(0, (num_passes, -1)).mean(0)
         else:
             probs = 0

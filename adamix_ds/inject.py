@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -31,7 +31,7 @@ class ArchTable:
     adapter: placement -> module regex of the projection whose output the adapter follows.
     """
 
-    lora: dict[str, tuple[str, Optional[int]]]
+    lora: dict[str, tuple[str, int | None]]
     adapter: dict[str, str]
 
 
@@ -132,7 +132,7 @@ def _module_inventory(model: nn.Module) -> str:
     return "\n  ".join(f"{n} ({t})" for n, t in seen.items())
 
 
-def _resolve(model: nn.Module, cfg: AdaMixConfig, model_type: str) -> dict[str, list[Optional[int]]]:
+def _resolve(model: nn.Module, cfg: AdaMixConfig, model_type: str) -> dict[str, list[int | None]]:
     """Module name -> fused-QKV parts to adapt ([None] = the whole output)."""
     table = ARCH_TABLES.get(model_type)
     if cfg.method == "lora":
@@ -140,7 +140,7 @@ def _resolve(model: nn.Module, cfg: AdaMixConfig, model_type: str) -> dict[str, 
     else:
         wanted = ["ffn"] if cfg.placement == "ffn" else ["attn", "ffn"]
     names = [n for n, _ in model.named_modules() if n]
-    plan: dict[str, list[Optional[int]]] = defaultdict(list)
+    plan: dict[str, list[int | None]] = defaultdict(list)
     for target in wanted:
         if _is_pattern(target):
             pattern, part = target, None
@@ -166,7 +166,7 @@ def _resolve(model: nn.Module, cfg: AdaMixConfig, model_type: str) -> dict[str, 
     return plan
 
 
-def _slices(parts: list[Optional[int]], d_out: int, name: str) -> dict[str, tuple[int, int]]:
+def _slices(parts: list[int | None], d_out: int, name: str) -> dict[str, tuple[int, int]]:
     if parts == [None]:
         return {"all": (0, d_out)}
     if d_out % 3:
@@ -180,7 +180,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def inject_adamix(model: nn.Module, cfg: AdaMixConfig, router: Optional[Router] = None
+def inject_adamix(model: nn.Module, cfg: AdaMixConfig, router: Router | None = None
                   ) -> InjectionReport:
     """Replace the targeted projections by AdaMix layers (in place) and freeze everything else.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -43,7 +43,7 @@ def use_kernels(mode: str) -> Iterator[None]:
         set_kernel_mode(saved)
 
 
-def triton_choice(x: torch.Tensor) -> Optional[bool]:
+def triton_choice(x: torch.Tensor) -> bool | None:
     """The ``use_triton`` argument for a kernel call on ``x``; ``False`` = stay in torch.
 
     ``auto`` on CUDA returns ``None``: the kernel wrapper itself falls back to torch for inputs

@@ -8,7 +8,7 @@ names are uniform: ``<module>.experts.<slice>.<tensor>``.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class AdaMixLayer(nn.Module):
         self.router = router
         self.experts = nn.ModuleDict()
         self.keys: dict[str, int] = {}
-        self.merged_mode: Optional[str] = None  # set by merging.merge_experts
+        self.merged_mode: str | None = None  # set by merging.merge_experts
 
     def adapter_params(self) -> Iterator[tuple[str, nn.Parameter]]:
         """The adaptation parameters (names relative to this layer)."""
@@ -50,7 +50,7 @@ class AdaMixLayer(nn.Module):
         """Parameters of the single merged module that serves at inference."""
         return sum(e.param_count_merged() for e in self.experts.values())
 
-    def route(self, slice_name: str) -> Optional[Route]:
+    def route(self, slice_name: str) -> Route | None:
         """This forward's route for one slice; a merged layer has one module and no route."""
         if self.merged_mode is not None:
             return None

@@ -28,8 +28,8 @@ Shapes: ``...`` is any number of leading dims (typically ``(batch, seq)``),
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: Allowed values of the ``mode`` argument of :func:`consistency_kl`.
-CONSISTENCY_MODES: Tuple[str, ...] = ("stopgrad", "symmetric")
+CONSISTENCY_MODES: tuple[str, ...] = ("stopgrad", "symmetric")
 
 
 # --------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def _accum_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _chunk_bounds(n: int, chunk: int) -> Iterator[Tuple[int, int]]:
+def _chunk_bounds(n: int, chunk: int) -> Iterator[tuple[int, int]]:
     """Yield ``(start, end)`` pairs covering ``range(n)`` in steps of ``chunk``."""
     for start in range(0, n, chunk):
         yield start, min(start + chunk, n)
@@ -86,7 +86,9 @@ def _check_logits(name: str, logits: torch.Tensor) -> None:
         raise ValueError(f"{name} must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
 
 
-def _selected_rows(mask: Optional[torch.Tensor], logits_shape: torch.Size, device: torch.device) -> torch.Tensor:
+def _selected_rows(
+    mask: torch.Tensor | None, logits_shape: torch.Size, device: torch.device
+) -> torch.Tensor:
     """Flat indices of the tokens that count.
 
     Args:
@@ -105,7 +107,8 @@ def _selected_rows(mask: Optional[torch.Tensor], logits_shape: torch.Size, devic
         raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     if mask.shape != token_shape:
         raise ValueError(
-            f"mask must have the logits' token shape {tuple(token_shape)}, got mask.shape={tuple(mask.shape)}"
+            f"mask must have the logits' token shape {tuple(token_shape)}, "
+            f"got mask.shape={tuple(mask.shape)}"
         )
     return mask.reshape(-1).nonzero().squeeze(1).to(device)
 
@@ -152,7 +155,7 @@ class _ChunkedLabelSmoothedCE(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         logits, rows, targets = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
@@ -209,7 +212,8 @@ def label_smoothed_cross_entropy(
         raise ValueError(f"smoothing must be in [0, 1], got smoothing={smoothing!r}")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
-            f"labels must have shape logits.shape[:-1]={tuple(logits.shape[:-1])}, got labels.shape={tuple(labels.shape)}"
+            f"labels must have shape logits.shape[:-1]={tuple(logits.shape[:-1])}, "
+            f"got labels.shape={tuple(labels.shape)}"
         )
     if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
@@ -269,7 +273,7 @@ class _ChunkedConsistencyKL(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         logits_p, logits_q, rows = ctx.saved_tensors
         need_p, need_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_p or need_q):
@@ -281,8 +285,12 @@ class _ChunkedConsistencyKL(torch.autograd.Function):
         n = rows.numel()
         symmetric = ctx.mode == "symmetric"
         # Gradient buffers in the inputs' own dtype; masked-out rows stay 0.
-        grad_p = torch.zeros(flat_p.shape, dtype=flat_p.dtype, device=flat_p.device) if need_p else None
-        grad_q = torch.zeros(flat_q.shape, dtype=flat_q.dtype, device=flat_q.device) if need_q else None
+        grad_p = (
+            torch.zeros(flat_p.shape, dtype=flat_p.dtype, device=flat_p.device) if need_p else None
+        )
+        grad_q = (
+            torch.zeros(flat_q.shape, dtype=flat_q.dtype, device=flat_q.device) if need_q else None
+        )
         scale = 0.5 * grad_out.to(acc) / max(n, 1)
         for s, e in _chunk_bounds(n, ctx.chunk_tokens):
             idx = rows[s:e]
@@ -328,7 +336,7 @@ def _check_pair(logits_p: torch.Tensor, logits_q: torch.Tensor, mode: str) -> No
 def consistency_kl(
     logits_p: torch.Tensor,
     logits_q: torch.Tensor,
-    mask: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
     mode: str = "stopgrad",
     chunk_tokens: int = 1024,
 ) -> torch.Tensor:
@@ -367,7 +375,7 @@ def consistency_kl(
 def consistency_kl_reference(
     logits_p: torch.Tensor,
     logits_q: torch.Tensor,
-    mask: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
     mode: str = "stopgrad",
 ) -> torch.Tensor:
     """Unchunked plain-autograd version of :func:`consistency_kl`.
@@ -417,7 +425,7 @@ class AdaMixLossOutput:
 
 def adamix_loss(
     logits_1: torch.Tensor,
-    logits_2: Optional[torch.Tensor],
+    logits_2: torch.Tensor | None,
     labels: torch.Tensor,
     consistency_weight: float,
     smoothing: float = 0.0,
@@ -454,4 +462,6 @@ def adamix_loss(
             mode=mode,
             chunk_tokens=chunk_tokens,
         )
-    return AdaMixLossOutput(loss=task + consistency_weight * consistency, task_loss=task, consistency=consistency)
+    return AdaMixLossOutput(
+        loss=task + consistency_weight * consistency, task_loss=task, consistency=consistency
+    )

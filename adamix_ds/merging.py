@@ -39,7 +39,7 @@ def product_factors(lora_a: torch.Tensor, lora_b: torch.Tensor, num_experts: int
 
 
 def svd_truncate(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-``rank`` factors (d_in, rank), (rank, d_out) of a @ b, split as U sqrt(S), sqrt(S) V^T."""
+    """Best rank-``rank`` factors (d_in, rank), (rank, d_out) of a @ b: U sqrt(S), sqrt(S) V^T."""
     delta = (a.double() @ b.double())
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
     root = s[:rank].sqrt()
@@ -64,7 +64,7 @@ def _merged_lora(experts: LoRAExperts, mode: str) -> LoRAExperts:
 def _merged_adapter(experts: AdapterExperts) -> AdapterExperts:
     merged = AdapterExperts(experts.features, experts.bottleneck, 1, "none", experts.activation)
     for name, value in zip(("down_weight", "down_bias", "up_weight", "up_bias"),
-                           experts.merged_weights()):
+                           experts.merged_weights(), strict=True):
         getattr(merged, name).data = value[None].detach().clone()
     return merged.to(experts.down_weight.device)
 

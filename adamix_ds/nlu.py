@@ -16,7 +16,8 @@ Pure torch: no deepspeed.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,12 +26,14 @@ from .config import AdaMixConfig
 from .losses import AdaMixLossOutput, adamix_loss
 from .routing import Router
 from .training.step import CONSISTENCY_MODES  # pure torch, shared with the NLG step
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     """Vocabulary id of each label word as it follows a space (RoBERTa's BPE marks that space;
-    WordPiece ignores it). A word that is not one token is an error: its logit would be ambiguous."""
+    WordPiece ignores it). A word that is not one token is an error: its logit would be
+    ambiguous."""
     ids = []
     for word in words:
         pieces = tokenizer.tokenize(" " + word)
@@ -41,8 +44,8 @@ def label_word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return ids
 
 
-def output_scores(logits: torch.Tensor, input_ids: torch.Tensor, mask_token_id: Optional[int],
-                  word_ids: Optional[Sequence[int]]) -> torch.Tensor:
+def output_scores(logits: torch.Tensor, input_ids: torch.Tensor, mask_token_id: int | None,
+                  word_ids: Sequence[int] | None) -> torch.Tensor:
     """The tensor the loss and the metrics see.
 
     logits: (B, C) from a classification head, (B, 1) from a regression head, or (B, T, V) from
@@ -61,7 +64,7 @@ def output_scores(logits: torch.Tensor, input_ids: torch.Tensor, mask_token_id: 
     return mask_logits[:, list(word_ids)]                                 # (B, C)
 
 
-def nlu_loss(scores_1: torch.Tensor, scores_2: Optional[torch.Tensor], labels: torch.Tensor,
+def nlu_loss(scores_1: torch.Tensor, scores_2: torch.Tensor | None, labels: torch.Tensor,
              weight: float, smoothing: float = 0.0, mode: str = "stopgrad") -> AdaMixLossOutput:
     """Task loss of pass 1 + weight * consistency between the passes (module docstring).
 
@@ -83,15 +86,17 @@ def nlu_loss(scores_1: torch.Tensor, scores_2: Optional[torch.Tensor], labels: t
 
 def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], router: Router,
                 cfg: AdaMixConfig, consistency: str = "paired", label_smoothing: float = 0.0,
-                loss_scale: float = 1.0, mask_token_id: Optional[int] = None,
-                word_ids: Optional[Sequence[int]] = None) -> AdaMixLossOutput:
+                loss_scale: float = 1.0, mask_token_id: int | None = None,
+                word_ids: Sequence[int] | None = None) -> AdaMixLossOutput:
     """Forward the routed passes of an NLU batch and return its AdaMix loss.
 
     batch: ``input_ids``, ``attention_mask`` (B, T), optional ``token_type_ids``, ``labels`` (B,).
     loss_scale: multiplies every term (this rank's share of the global example mean).
     """
     if consistency not in CONSISTENCY_MODES:
-        raise ValueError(f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}")
+        raise ValueError(
+            f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}"
+        )
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
     def scores(ids: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
@@ -119,9 +124,9 @@ def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], route
 
 
 @torch.no_grad()
-def predict(model: nn.Module, router: Optional[Router], batches: Iterable[dict[str, torch.Tensor]],
+def predict(model: nn.Module, router: Router | None, batches: Iterable[dict[str, torch.Tensor]],
             policy: str = "merged", ensemble_passes: int = 4, route_draw: int = 0,
-            mask_token_id: Optional[int] = None, word_ids: Optional[Sequence[int]] = None
+            mask_token_id: int | None = None, word_ids: Sequence[int] | None = None
             ) -> list[float]:
     """Predictions of an eval-mode model under one inference policy.
 

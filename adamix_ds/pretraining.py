@@ -15,9 +15,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -123,7 +124,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def finished_report(output_dir: str | Path) -> Optional[dict[str, Any]]:
+def finished_report(output_dir: str | Path) -> dict[str, Any] | None:
     """The report of a finished pre-training in ``output_dir``, or ``None``."""
     out = Path(output_dir)
     if not ((out / "config.json").is_file() and (out / REPORT_FILE).is_file()):

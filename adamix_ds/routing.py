@@ -13,7 +13,7 @@ in module order at injection time. The two sides (down, up) of a key draw indepe
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -87,7 +87,7 @@ class Router:
         words = (self.seed, stream, step, pass_id, key)
         return (draw_expert(num_down, *words, _SIDE_DOWN), draw_expert(num_up, *words, _SIDE_UP))
 
-    def route(self, key: int, training: bool) -> Optional[Route]:
+    def route(self, key: int, training: bool) -> Route | None:
         """The route for one forward of projection ``key``; ``None`` = merged (Eq. 3) weights."""
         if training:
             return tuple(self.pair(key, self.step, p) for p in self.passes)
@@ -109,7 +109,7 @@ class Router:
         self.eval_draw += draws
 
     @contextlib.contextmanager
-    def use_passes(self, *passes: int) -> Iterator["Router"]:
+    def use_passes(self, *passes: int) -> Iterator[Router]:
         """Temporarily route the batch segments with these pass ids, e.g. ``use_passes(0, 1)``."""
         saved = self.passes
         self.passes = tuple(passes)
@@ -119,7 +119,7 @@ class Router:
             self.passes = saved
 
     @contextlib.contextmanager
-    def use_inference(self, mode: str) -> Iterator["Router"]:
+    def use_inference(self, mode: str) -> Iterator[Router]:
         """Temporarily switch the eval policy."""
         if mode not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {list(INFERENCE_MODES)}, got {mode!r}")
@@ -137,14 +137,16 @@ class Router:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.seed:
-            raise ValueError(f"router seed mismatch: checkpoint {state['seed']}, config {self.seed}")
+            raise ValueError(
+                f"router seed mismatch: checkpoint {state['seed']}, config {self.seed}"
+            )
         if "num_keys" in state and state["num_keys"] != self.num_keys:
             raise ValueError(f"router has {self.num_keys} routing keys, checkpoint has "
                              f"{state['num_keys']}: the adapted modules differ")
         self.step, self.eval_draw = int(state["step"]), int(state["eval_draw"])
 
     # --- cross-rank check --------------------------------------------------------------------
-    def digest(self, step: Optional[int] = None, passes: tuple[int, ...] = (0, 1)) -> int:
+    def digest(self, step: int | None = None, passes: tuple[int, ...] = (0, 1)) -> int:
         """A 63-bit digest of every key's route at ``step`` (default: the current step)."""
         step = self.step if step is None else step
         words = [self.seed, step, len(self._keys)]
@@ -153,7 +155,7 @@ class Router:
                 words.extend(self.pair(key, step, p))
         return counter_hash(*words) >> 1  # fits a signed int64 tensor
 
-    def check_consistency(self, group: Optional[object] = None, every: int = 1) -> None:
+    def check_consistency(self, group: object | None = None, every: int = 1) -> None:
         """All-gather the route digest of the current step and raise if ranks disagree.
 
         Costs one tiny all-gather when ``step % every == 0`` (call it each step with

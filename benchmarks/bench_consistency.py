@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Step time of AdaMix's consistency pass: paired vs sequential vs a single LoRA without consistency.
+"""Step time of AdaMix's consistency pass: paired vs sequential vs one LoRA without consistency.
 
 All three variants train the same backbone in the same process; their steps are interleaved
 (round-robin) so drift in machine load hits all of them alike, and the medians are compared.
 
-    python benchmarks/bench_consistency.py                       # CPU: small GPT-2, writes RESULTS.md
+    python benchmarks/bench_consistency.py              # CPU: small GPT-2, writes RESULTS.md
     python benchmarks/bench_consistency.py --backbone gpt2-medium --batch 8 --seq 512 --dtype bf16
 """
 from __future__ import annotations
@@ -113,12 +113,19 @@ def main() -> None:
         "|---|---|---|",
     ]
     lines += [f"| {name} | {1e3 * m:.1f} | {m / base:.2f} |" for name, m in median.items()]
-    lines += ["", f"paired / sequential = {median['adamix_paired'] / median['adamix_sequential']:.2f}",
-              ""]
+    lines += [
+        "",
+        f"paired / sequential = {median['adamix_paired'] / median['adamix_sequential']:.2f}",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     results = Path(args.results)
-    header = "" if results.exists() else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
+    header = (
+        ""
+        if results.exists()
+        else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
+    )
     with open(results, "a") as handle:
         handle.write(header + text + "\n")
 

@@ -11,9 +11,9 @@ length penalty 0.8, no-repeat 4-grams, 64 new tokens) and are timed side by side
 Sequences per second = test lines covered per second (both produce an output for every line).
 The outputs are compared too: batching must not change what is decoded.
 
-    python benchmarks/bench_decoding.py --checkpoint runs/demo/adaptation       # after make demo
-    python benchmarks/bench_decoding.py --checkpoint <run>/adaptation --data_dir ../shared/data/e2e \\
-        --max_lines 1000 --batch_size 32                                        # on a GPU
+    python benchmarks/bench_decoding.py --checkpoint runs/demo/adaptation   # after make demo
+    python benchmarks/bench_decoding.py --checkpoint <run>/adaptation --data_dir <data>/e2e \\
+        --max_lines 1000 --batch_size 32                                    # on a GPU
 """
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adamix_ds.backbones import load_backbone  # noqa: E402
 from adamix_ds.data import load_nlg_records, load_tokenizer  # noqa: E402
 from adamix_ds.evaluation.beam import BeamSettings, beam_search  # noqa: E402
-from adamix_ds.evaluation.generate import (build_prompt, decode_contexts,  # noqa: E402
-                                           default_prompt_budget)
+from adamix_ds.evaluation.generate import build_prompt, decode_contexts, default_prompt_budget  # noqa: E402
 from adamix_ds.evaluation.pipeline import load_decoding_model  # noqa: E402
 
 
@@ -93,7 +92,7 @@ def main() -> None:
 
     unique = len(set(lines))
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in batched]
-    same = sum(a == b for a, b in zip(per_line, batched))
+    same = sum(a == b for a, b in zip(per_line, batched, strict=True))
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     config = model.config

@@ -33,7 +33,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +44,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))  # the report module beside this file
 
+from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
+from run_cache import load_cache, save_run, settings_hash  # noqa: E402
+
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.backbones import load_backbone  # noqa: E402
 from adamix_ds.data import collate_nlg, load_nlg_dataset, load_tokenizer  # noqa: E402
@@ -52,8 +55,6 @@ from adamix_ds.evaluation.generate import decode_contexts  # noqa: E402
 from adamix_ds.evaluation.pipeline import scored_texts, split_groups  # noqa: E402
 from adamix_ds.losses import adamix_loss  # noqa: E402
 from adamix_ds.training.step import adamix_forward  # noqa: E402
-from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
-from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1      # bump when a change alters results: old cache entries stop matching
 METHODS = ("lora", "adamix_lora", "adamix_lora_indep", "adapter", "adamix_adapter", "full")
@@ -71,7 +72,7 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def adamix_config(method: str, seed: int) -> Optional[AdaMixConfig]:
+def adamix_config(method: str, seed: int) -> AdaMixConfig | None:
     """The adaptation of each row (None: full fine-tuning)."""
     lora = dict(method="lora", rank=4, alpha=32, targets=("q", "v"), lora_dropout=0.1,
                 share="up", routing_seed=seed)
@@ -166,8 +167,10 @@ def train(model, router, cfg, method: str, dataset: Any, args: argparse.Namespac
             losses.append(out.task_loss.item())
             cons.append(out.consistency.item())
             rate = (time.perf_counter() - start) / step
-            log(f"{tag} step {step}/{args.steps} task loss {losses[-1]:.3f} consistency "
-                f"{cons[-1]:.4f} ({rate:.2f} s/step, eta {(args.steps - step) * rate / 60:.1f} min)")
+            log(
+                f"{tag} step {step}/{args.steps} task loss {losses[-1]:.3f} consistency "
+                f"{cons[-1]:.4f} ({rate:.2f} s/step, eta {(args.steps - step) * rate / 60:.1f} min)"
+            )
     return {"train_seconds": time.perf_counter() - start, "steps": step,
             "examples": step * args.batch_size, "task_loss_log": losses,
             "consistency_log": cons}
@@ -211,7 +214,7 @@ def decode_and_score(model, router, policy: str, groups, tokenizer, args, meteor
     return {"scores": result.scores, "decode_seconds": seconds, "contexts": len(groups),
             "empty": sum(not h.strip() for h in hyps), "members": members,
             "samples": [{"mr": g["context"], "output": h, "reference": g["references"][0]}
-                        for g, h in list(zip(groups, hyps))[:3]]}
+                        for g, h in list(zip(groups, hyps, strict=True))[:3]]}
 
 
 # --- settings, cache -----------------------------------------------------------------------------
@@ -267,7 +270,7 @@ def backbone_words(args: argparse.Namespace) -> str:
 
 
 # --- main ----------------------------------------------------------------------------------------
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", required=True, help="folder with the E2E train.txt, test.txt")
     parser.add_argument("--backbone", default=str(DEFAULT_BACKBONE),
@@ -303,7 +306,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for item in filter(None, (s.strip() for s in args.lr.split(","))):
         name, _, value = item.partition("=")
         if name not in METHODS or not value:
-            parser.error(f"--lr: expected method=value with method in {list(METHODS)}, got {item!r}")
+            parser.error(
+                f"--lr: expected method=value with method in {list(METHODS)}, got {item!r}"
+            )
         lr[name] = float(value)
     args.lr = lr
     args.backbone = Path(args.backbone).expanduser()
@@ -320,7 +325,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cache_path = Path(args.cache)

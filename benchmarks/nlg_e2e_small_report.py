@@ -13,8 +13,9 @@ BLEU, METEOR and ROUGE_L are shown x 100 (the paper's scale); NIST and CIDEr as 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 PERCENT = {"BLEU", "METEOR", "ROUGE_L"}
@@ -32,7 +33,7 @@ class ReportContext:
     labels: dict[str, str]  # method -> row label
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (``None`` for a single value)."""
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
@@ -126,12 +127,18 @@ def format_report(rows: Rows, ctx: ReportContext, seeds: Sequence[int],
                   policies: dict[str, Sequence[str]]) -> str:
     """The RESULTS.md section: settings, the main table (merged policy), every seed, policies."""
     missing = missing_runs(rows, seeds, policies)
-    head = [f"## E2E on a stand-in pretrained GPT-2 ({ctx.date})", "",
-            f"- Backbone: {ctx.backbone}", f"- Budget: {ctx.budget}",
-            f"- Device: {ctx.device}", f"- Command: `python benchmarks/nlg_e2e_small.py {ctx.command}`",
-            "- Scores: the whole E2E test set (630 MRs), the paper's beam search, the project's "
-            "official-equivalent E2E scorer; mean ± sample std over seeds; BLEU, METEOR, ROUGE_L "
-            "x 100.", ""]
+    head = [
+        f"## E2E on a stand-in pretrained GPT-2 ({ctx.date})",
+        "",
+        f"- Backbone: {ctx.backbone}",
+        f"- Budget: {ctx.budget}",
+        f"- Device: {ctx.device}",
+        f"- Command: `python benchmarks/nlg_e2e_small.py {ctx.command}`",
+        "- Scores: the whole E2E test set (630 MRs), the paper's beam search, the project's "
+        "official-equivalent E2E scorer; mean ± sample std over seeds; BLEU, METEOR, ROUGE_L "
+        "x 100.",
+        "",
+    ]
     if missing:
         head += [f"**Incomplete: {len(missing)} runs or decodes are not in the cache yet** "
                  f"({'; '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}).", ""]

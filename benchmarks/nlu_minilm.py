@@ -34,7 +34,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,12 +46,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # nlu_minilm_report, also when not run as a script
 
+from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
+from run_cache import load_cache, save_run, settings_hash  # noqa: E402
+
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
 from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
 from adamix_ds.nlu import nlu_forward, predict  # noqa: E402
-from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
-from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
 SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run
@@ -108,7 +109,7 @@ def auto_lora_rank(hidden: int, layers: int, bottleneck: int) -> int:
     return max(1, round(adapter_serving_count(hidden, layers, bottleneck) / per_rank))
 
 
-def adamix_config(method: str, args: argparse.Namespace, seed: int) -> Optional[AdaMixConfig]:
+def adamix_config(method: str, args: argparse.Namespace, seed: int) -> AdaMixConfig | None:
     common = dict(routing_seed=seed, extra_trainable=HEAD_PATTERNS)
     if method == "adapter":
         return AdaMixConfig(method="adapter", num_experts=1, bottleneck=args.bottleneck,
@@ -152,7 +153,7 @@ def build(method: str, args: argparse.Namespace, seed: int):
 
 
 # --- data ----------------------------------------------------------------------------------------
-def subset(n: int, cap: Optional[int]) -> list[int]:
+def subset(n: int, cap: int | None) -> list[int]:
     """Indices of a fixed seeded subset of size ``cap`` (file order kept), or all."""
     if cap is None or cap >= n:
         return list(range(n))
@@ -232,7 +233,9 @@ def run_one(task: TaskData, method: str, seed: int, args: argparse.Namespace,
     total = per_epoch * args.epochs
     warmup = max(1, round(args.warmup * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+        optimizer,
+        lambda s: s / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
+    )
     log(f"{tag} training: {len(task.train)} examples, {per_epoch} batches x {args.epochs} epochs, "
         f"lr {lr:g}, serving params {serving:,}, trained params {trained:,}")
     torch.manual_seed(seed)  # dropout stream, independent of what loading consumed
@@ -340,7 +343,7 @@ def write_report(args: argparse.Namespace, cache: dict[str, Any], digests: dict[
 
 
 # --- main ----------------------------------------------------------------------------------------
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -395,7 +398,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -408,7 +411,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.report_only:
         tokenizer = None
         for task in args.tasks:
-            data: Optional[TaskData] = None
+            data: TaskData | None = None
             for method in args.methods:
                 h = settings_hash(method_settings(method, args, digests[task]))
                 for seed in args.seeds:
@@ -432,7 +435,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(text, flush=True)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    header = "" if results.exists() else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
+    header = (
+        ""
+        if results.exists()
+        else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
+    )
     with open(results, "a") as handle:
         handle.write(header + text + "\n")
 

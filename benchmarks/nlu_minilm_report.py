@@ -11,7 +11,7 @@ import argparse
 import datetime
 import statistics
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 LABELS = {"head": "head only", "full": "full fine-tuning", "adapter": "adapter (1 expert)",
           "lora": "LoRA (Q,V)", "adamix": "AdaMix (4 experts, merged)"}
@@ -31,7 +31,7 @@ class ReportContext:
     command: str          # this invocation's arguments, as typed
 
 
-def mean_std(values: list[float]) -> tuple[float, Optional[float]]:
+def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
@@ -104,8 +104,11 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         caps.append(f"--max_train {args.max_train}")
     if args.max_dev is not None:
         caps.append(f"--max_dev {args.max_dev}")
-    lines = [f"### GLUE on pretrained MiniLM-L6: head / full FT / adapter / LoRA / AdaMix — {when}, "
-             f"{', '.join(devices)}", ""]
+    lines = [
+        f"### GLUE on pretrained MiniLM-L6: head / full FT / adapter / LoRA / AdaMix — {when}, "
+        f"{', '.join(devices)}",
+        "",
+    ]
     lines.append(f"Command: `python benchmarks/nlu_minilm.py {ctx.command}`".rstrip())
     other = [c for c in train_cmds if c != ctx.command]
     if other:
@@ -134,11 +137,15 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
     if caps:
         lines.append(f"**Capped smoke run ({' '.join(caps)}): not the full sets; these numbers "
                      f"say nothing about the methods.**")
-    lines += ["", "Serving params = trained parameters that exist at inference (AdaMix merged = "
-              "one adapter + head; full FT = all). Accuracy / F1 in %, mean ± std over seeds "
-              "(sample std). Train s = mean training wall time per run (evaluation excluded).", "",
-              "| task | method | serving params | trained params | accuracy | F1 | seeds | train s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Serving params = trained parameters that exist at inference (AdaMix merged = "
+        "one adapter + head; full FT = all). Accuracy / F1 in %, mean ± std over seeds "
+        "(sample std). Train s = mean training wall time per run (evaluation excluded).",
+        "",
+        "| task | method | serving params | trained params | accuracy | F1 | seeds | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for task in args.tasks:
         for method in args.methods:
             lines.append(table_row(task, method, rows[(task, method)]))

@@ -19,8 +19,6 @@ with ``d = log p1 - log p2``; then ``dh = dz @ W`` and ``dW = dz^T h``.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
@@ -46,7 +44,7 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, hidden_1: torch.Tensor, hidden_2: Optional[torch.Tensor],  # type: ignore[override]
+    def forward(ctx: FunctionCtx, hidden_1: torch.Tensor, hidden_2: torch.Tensor | None,  # type: ignore[override]
                 weight: torch.Tensor, labels: torch.Tensor, consistency_weight: float,
                 smoothing: float, mode: str, ignore_index: int, chunk_tokens: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,7 +52,11 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
         rows = (labels != ignore_index).nonzero().squeeze(-1)
         n, vocab = rows.numel(), weight.shape[0]
-        need_h1, need_h2, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        need_h1, need_h2, need_w = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            ctx.needs_input_grad[2],
+        )
         grad_h1 = torch.zeros_like(hidden_1) if need_h1 else None
         grad_h2 = torch.zeros_like(hidden_2) if hidden_2 is not None and need_h2 else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
@@ -110,7 +112,7 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
         return grads[0], grads[1], grads[2], None, None, None, None, None, None
 
 
-def fused_adamix_lm_loss(hidden_1: torch.Tensor, hidden_2: Optional[torch.Tensor],
+def fused_adamix_lm_loss(hidden_1: torch.Tensor, hidden_2: torch.Tensor | None,
                          lm_head_weight: torch.Tensor, labels: torch.Tensor,
                          consistency_weight: float, smoothing: float = 0.0,
                          mode: str = "stopgrad", ignore_index: int = -100,

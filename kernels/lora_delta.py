@@ -23,7 +23,7 @@ runs as its interpreter and ``use_triton=True`` is passed) and the torch referen
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -143,8 +143,8 @@ def _column_groups(x: torch.Tensor, row_programs: int, n_col_blocks: int) -> int
 
 
 def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, route_tab: torch.Tensor,
-            a_col: int, scale: float, out: Optional[torch.Tensor], accumulate: bool,
-            h: Optional[torch.Tensor]) -> None:
+            a_col: int, scale: float, out: torch.Tensor | None, accumulate: bool,
+            h: torch.Tensor | None) -> None:
     """Run the kernel on strided views.
 
     x (N, K); a (M_a, K, r); b (M_b, r, D); out (N, D) or None (only h); h (N, r) or None;
@@ -200,7 +200,7 @@ def _stacked_grad(param: torch.Tensor, indices: Sequence[int], left: torch.Tenso
     if len(set(indices)) == 1:
         grad[indices[0]].addmm_(left.T, right, alpha=scale)
         return grad
-    for i, ls, rs in zip(indices, left.chunk(len(indices)), right.chunk(len(indices))):
+    for i, ls, rs in zip(indices, left.chunk(len(indices)), right.chunk(len(indices)), strict=True):
         grad[i].addmm_(ls.T, rs, alpha=scale)
     return grad
 
@@ -218,7 +218,7 @@ class RoutedLoRADelta(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, out: Optional[torch.Tensor], x: torch.Tensor, lora_a: torch.Tensor,
+    def forward(ctx, out: torch.Tensor | None, x: torch.Tensor, lora_a: torch.Tensor,
                 lora_b: torch.Tensor, route: Route, scale: float, start: int) -> torch.Tensor:
         d_out = lora_b.shape[2]
         route_tab = torch.tensor([list(p) for p in route], dtype=torch.int32, device=x.device)
@@ -270,12 +270,12 @@ def routed_lora_delta_reference(x: torch.Tensor, lora_a: torch.Tensor, lora_b: t
     if x.shape[0] % n_seg:
         raise ValueError(f"batch {x.shape[0]} does not split into {n_seg} route segments")
     segs = x.chunk(n_seg, dim=0) if n_seg > 1 else (x,)
-    outs = [scale * ((xs @ lora_a[j]) @ lora_b[k]) for xs, (j, k) in zip(segs, route)]
+    outs = [scale * ((xs @ lora_a[j]) @ lora_b[k]) for xs, (j, k) in zip(segs, route, strict=True)]
     return outs[0] if n_seg == 1 else torch.cat(outs, dim=0)
 
 
 def _check(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: Route,
-           out: Optional[torch.Tensor], out_slice: Optional[tuple[int, int]]) -> int:
+           out: torch.Tensor | None, out_slice: tuple[int, int] | None) -> int:
     """Validate shapes and route (the kernel reads expert indices unchecked); returns start."""
     if lora_a.dim() != 3 or lora_b.dim() != 3 or lora_a.shape[2] != lora_b.shape[1]:
         raise ValueError(f"lora_a {tuple(lora_a.shape)} / lora_b {tuple(lora_b.shape)} are not "
@@ -304,9 +304,9 @@ def _check(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: R
 
 
 def routed_lora_delta(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: Route,
-                      scale: float, out: Optional[torch.Tensor] = None,
-                      out_slice: Optional[tuple[int, int]] = None,
-                      use_triton: Optional[bool] = None) -> torch.Tensor:
+                      scale: float, out: torch.Tensor | None = None,
+                      out_slice: tuple[int, int] | None = None,
+                      use_triton: bool | None = None) -> torch.Tensor:
     """Routed LoRA delta, optionally added in place into an output slice.
 
     Args:

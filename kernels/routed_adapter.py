@@ -37,8 +37,8 @@ interpreter was enabled with TRITON_INTERPRET=1 before this module was imported)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
@@ -294,7 +294,7 @@ class LaunchConfig:
     block_k: int = 64
     block_n: int = 64
     block_b: int = 16
-    splits: Optional[int] = None
+    splits: int | None = None
     num_warps: int = 8
 
 
@@ -328,7 +328,7 @@ def routed_adapter_reference(x: torch.Tensor, down_weight: torch.Tensor, down_bi
     act = ACTIVATIONS[activation]
     segments = x.chunk(len(route), dim=0) if len(route) > 1 else [x]
     outs = [xs + act(xs @ down_weight[j] + down_bias[j]) @ up_weight[k] + up_bias[k]
-            for xs, (j, k) in zip(segments, route)]
+            for xs, (j, k) in zip(segments, route, strict=True)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
@@ -358,7 +358,7 @@ def _num_sms(device: torch.device) -> int:
 
 def _forward(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
              up_weight: torch.Tensor, up_bias: torch.Tensor, route: Route, activation: str,
-             config: LaunchConfig, save_h: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+             config: LaunchConfig, save_h: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel: x (N, d) contiguous -> (y (N, d), h (N, b) fp32 or None)."""
     n_rows, d = x.shape
     b = down_weight.shape[-1]
@@ -462,7 +462,7 @@ def triton_supported(x: torch.Tensor, bottleneck: int) -> bool:
 
 def routed_adapter(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
                    up_weight: torch.Tensor, up_bias: torch.Tensor, route: Route, activation: str,
-                   use_triton: bool = True, config: Optional[LaunchConfig] = None) -> torch.Tensor:
+                   use_triton: bool = True, config: LaunchConfig | None = None) -> torch.Tensor:
     """The routed Houlsby adapter with its residual, differentiable in all five tensors.
 
     x (B, ..., d); down_weight (M_down, d, b); down_bias (M_down, b); up_weight (M_up, b, d);

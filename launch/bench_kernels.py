@@ -33,9 +33,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if "--cpu" in sys.argv:  # the interpreter must be chosen before triton is first imported
@@ -91,7 +91,7 @@ class Timer:
         return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak CUDA memory allocated by ``fn`` above what was allocated before (None on CPU)."""
     if device.type != "cuda":
         return None
@@ -103,7 +103,7 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def compiled(fn: Callable, backend: str) -> Optional[Callable]:
+def compiled(fn: Callable, backend: str) -> Callable | None:
     return None if backend == "none" else torch.compile(fn, backend=backend, dynamic=False)
 
 
@@ -262,7 +262,9 @@ def bench_loss(timer: Timer, args: argparse.Namespace, device: torch.device) -> 
     n = seqs * seq_len
     gen = torch.Generator(device="cpu").manual_seed(2)
     h1 = (torch.randn(n, d, generator=gen)).to(device=device, dtype=dtype).requires_grad_(True)
-    h2 = (h1.detach() + 0.1 * torch.randn(n, d, generator=gen).to(device, dtype)).requires_grad_(True)
+    h2 = (h1.detach() + 0.1 * torch.randn(n, d, generator=gen).to(device, dtype)).requires_grad_(
+        True
+    )
     head = (torch.randn(vocab, d, generator=gen) * d ** -0.5).to(device=device, dtype=dtype)
     labels = torch.randint(0, vocab, (n,), generator=gen).to(device)
     labels[::7] = -100
@@ -392,7 +394,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> list[Row]:
+def main(argv: list[str] | None = None) -> list[Row]:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.cpu:
@@ -416,7 +418,9 @@ def main(argv: Optional[list[str]] = None) -> list[Row]:
     if "loss" in args.bench_list:
         rows += bench_loss(timer, args, device)
     print(markdown(rows))
-    results = args.results or (REPO / "benchmarks" / "RESULTS.md" if device.type == "cuda" else None)
+    results = args.results or (
+        REPO / "benchmarks" / "RESULTS.md" if device.type == "cuda" else None
+    )
     if results is not None:
         write_results(results, device, argv, copy_bw, rows, args)
     return rows

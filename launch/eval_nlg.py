@@ -17,8 +17,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -29,15 +30,14 @@ from generate_nlg import add_decoding_args, beam_settings, prepare_decoding  # n
 
 from adamix_ds.config import INFERENCE_MODES  # noqa: E402
 from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
-from adamix_ds.evaluation.metrics.meteor import Meteor15  # noqa: E402
 from adamix_ds.evaluation.metrics.java import JavaNotFoundError  # noqa: E402
-from adamix_ds.evaluation.pipeline import (score_outputs, scored_texts,  # noqa: E402
-                                           write_generation)
+from adamix_ds.evaluation.metrics.meteor import Meteor15  # noqa: E402
+from adamix_ds.evaluation.pipeline import score_outputs, scored_texts, write_generation  # noqa: E402
 from adamix_ds.evaluation.plots import routing_violin  # noqa: E402
 from adamix_ds.evaluation.report import PAPER_ROWS, atomic_write_text, markdown_table  # noqa: E402
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_decoding_args(parser)
     parser.add_argument("--policies", nargs="+", choices=INFERENCE_MODES, default=["merged"],
@@ -53,7 +53,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     settings = beam_settings(args)
 
     def decode_and_score(name: str, inference: str, passes: int = 1, draw: int = 0
-                         ) -> Optional[dict[str, Any]]:
+                         ) -> dict[str, Any] | None:
         start = time.perf_counter()
         hyps = decode_sharded(loaded.model, loaded.tokenizer, [g["context"] for g in groups],
                               rank=rank, world_size=world, settings=settings,
@@ -122,12 +122,12 @@ def _print_decodes(name: str, groups: Sequence[dict[str, Any]], hyps: Sequence[s
                    refs: Sequence[Sequence[str]]) -> None:
     """Input, decode (as scored) and the first of its references, for the first len(groups)."""
     print(f"\n[{name}] first {len(groups)} decodes:")
-    for group, hyp, group_refs in zip(groups, hyps, refs):
+    for group, hyp, group_refs in zip(groups, hyps, refs, strict=True):
         print(f"  input : {group['context']}\n  output: {hyp or '(empty)'}\n"
               f"  ref   : {group_refs[0] if group_refs else '(none)'}\n")
 
 
-def _start_meteor(java: Optional[str]) -> Optional[Meteor15]:
+def _start_meteor(java: str | None) -> Meteor15 | None:
     """One METEOR process for every decode of the run (its jar loads for ~15 s); without Java the
     scorer reports METEOR as not computed."""
     try:
@@ -155,7 +155,7 @@ def _all_scored(report: dict[str, Any]) -> bool:
 
 
 def _write_report(out: Path, report: dict[str, Any], task: str) -> None:
-    """scores.json + scores.md (+ the violin PNG) next to the generations, each written atomically."""
+    """scores.json + scores.md (+ the violin PNG) beside the generations, written atomically."""
     paper = PAPER_ROWS.get(task, {})
     report["paper"] = paper
     table = markdown_table(report, paper)
@@ -166,9 +166,12 @@ def _write_report(out: Path, report: dict[str, Any], task: str) -> None:
         merged = report["policies"]["merged"]["subsets"]["all"]["scores"]
         draws = [run["subsets"]["all"]["scores"] for run in report["random_routes"]]
         metrics = [m for m in merged if all(m in d for d in draws)]
-        png = routing_violin({m: [d[m] for d in draws] for m in metrics}, merged,
-                             out / "routing_violin.png",
-                             title=f"{task} {report['split']}: {len(draws)} random routes vs merged")
+        png = routing_violin(
+            {m: [d[m] for d in draws] for m in metrics},
+            merged,
+            out / "routing_violin.png",
+            title=f"{task} {report['split']}: {len(draws)} random routes vs merged",
+        )
         print(f"routing analysis: {png}")
     print(f"scores: {out / 'scores.json'}, {out / 'scores.md'}")
 

@@ -21,8 +21,9 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -31,8 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from adamix_ds.config import INFERENCE_MODES  # noqa: E402
 from adamix_ds.evaluation.beam import BeamSettings  # noqa: E402
 from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
-from adamix_ds.evaluation.pipeline import (TASKS, DecodingModel,  # noqa: E402
-                                           load_decoding_model, split_groups, write_generation)
+from adamix_ds.evaluation.pipeline import (  # noqa: E402
+    TASKS,
+    DecodingModel,
+    load_decoding_model,
+    split_groups,
+    write_generation,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -88,7 +94,7 @@ class DecodingJob:
     device: torch.device
     loaded: DecodingModel
     task: str
-    data_dir: Optional[str]
+    data_dir: str | None
     groups: list[dict[str, Any]]
 
 
@@ -116,7 +122,7 @@ def policy_dir_name(split: str, inference: str, ensemble_passes: int, route_draw
     return f"{split}_{inference}"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_decoding_args(parser)
     parser.add_argument("--inference", choices=INFERENCE_MODES, default="merged")

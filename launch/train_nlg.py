@@ -18,25 +18,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from adamix_ds.config import ConfigError  # noqa: E402
 from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
 from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
-from adamix_ds.training.preset import (Preset, add_override_flags,  # noqa: E402
-                                        preset_with_overrides)
+from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides  # noqa: E402
 
 OVERRIDES = {  # flag -> (section or None, key, type)
-    "backbone": (None, "backbone", str), "init": (None, "init", str),
-    "data_dir": (None, "data_dir", str), "task": (None, "task", str),
-    "max_seq_len": (None, "max_seq_len", int), "max_train_examples": (None, "max_train_examples", int),
-    "epochs": ("train", "epochs", float), "max_steps": ("train", "max_steps", int),
-    "consistency": ("train", "consistency", str), "save_every": ("train", "save_every", int),
-    "log_every": ("train", "log_every", int), "seed": ("train", "seed", int),
+    "backbone": (None, "backbone", str),
+    "init": (None, "init", str),
+    "data_dir": (None, "data_dir", str),
+    "task": (None, "task", str),
+    "max_seq_len": (None, "max_seq_len", int),
+    "max_train_examples": (None, "max_train_examples", int),
+    "epochs": ("train", "epochs", float),
+    "max_steps": ("train", "max_steps", int),
+    "consistency": ("train", "consistency", str),
+    "save_every": ("train", "save_every", int),
+    "log_every": ("train", "log_every", int),
+    "seed": ("train", "seed", int),
     "sample_after": ("train", "sample_after", int),
-    "experts": ("adamix", "num_experts", int), "method": ("adamix", "method", str),
+    "experts": ("adamix", "num_experts", int),
+    "method": ("adamix", "method", str),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON config")
-    parser.add_argument("--preset", required=True, help="YAML preset (model, AdaMix, data, schedule)")
+    parser.add_argument(
+        "--preset", required=True, help="YAML preset (model, AdaMix, data, schedule)"
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--no_resume", action="store_true",
                         help="start from scratch even if output_dir holds a checkpoint")

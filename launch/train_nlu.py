@@ -5,10 +5,12 @@
         --preset launch/presets/glue_bert_base_adapter.yaml --task RTE --data_dir <glue dir> \\
         --output_dir runs/rte
     # LM-BFF k=16, all five seeds, mean and std in <output_dir>/fewshot_summary.json:
-    deepspeed launch/train_nlu.py --ds_config ... --preset launch/presets/lmbff_roberta_large.yaml \\
-        --task SST-2 --lmbff_seeds all --data_dir <...>/LM-BFF-k-shot --output_dir runs/fs_sst2
+    deepspeed launch/train_nlu.py --ds_config ... \\
+        --preset launch/presets/lmbff_roberta_large.yaml --task SST-2 --lmbff_seeds all \\
+        --data_dir <...>/LM-BFF-k-shot --output_dir runs/fs_sst2
     # the inference ablations of a finished run:
-    python launch/train_nlu.py --eval_only runs/rte/adaptation --policies merged,fixed,random,ensemble
+    python launch/train_nlu.py --eval_only runs/rte/adaptation \\
+        --policies merged,fixed,random,ensemble
 
 The same training loop as ``train_nlg.py`` (``adamix_ds.training.trainer.run_training``); the
 ds_config owns precision, batch and ZeRO, the preset the model, AdaMix, data and schedule. At the
@@ -29,8 +31,7 @@ from adamix_ds.data import LMBFF_SEEDS, GlueFormatError  # noqa: E402
 from adamix_ds.evaluation.report import atomic_write_text  # noqa: E402
 from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
 from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
-from adamix_ds.training.preset import (Preset, add_override_flags,  # noqa: E402
-                                        preset_with_overrides)
+from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides  # noqa: E402
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str), "init": (None, "init", str),
@@ -82,8 +83,9 @@ def few_shot_seeds(spec: str) -> list[int]:
         return list(LMBFF_SEEDS)
     try:
         return [int(s) for s in spec.split(",")]
-    except ValueError:
-        raise ValueError(f"--lmbff_seeds: expected 'all' or a comma list of ints, got {spec!r}")
+    except ValueError as err:
+        raise ValueError(f"--lmbff_seeds: expected 'all' or a comma list of ints, got {spec!r}"
+                         ) from err
 
 
 def summarize(runs: dict[int, dict], output_dir: Path) -> dict:

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
-                          GPT2Config, LlamaConfig)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+)
 
 VOCAB = 97
 

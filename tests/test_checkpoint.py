@@ -78,7 +78,10 @@ def test_missing_and_misshaped_tensors_are_named(tmp_path):
     state = ckpt.adaptation_state_dict(model, CFG)
     dropped = state.pop("transformer.h.1.attn.c_attn.experts.v.lora_b")
     save_adaptation(model, tmp_path / "missing", CFG, state=state)
-    with pytest.raises(ValueError, match=r"missing tensors \['transformer\.h\.1\.attn\.c_attn\.experts\.v\.lora_b'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing tensors \['transformer\.h\.1\.attn\.c_attn\.experts\.v\.lora_b'\]",
+    ):
         load_adaptation(_model(), tmp_path / "missing", CFG)
     state["transformer.h.1.attn.c_attn.experts.v.lora_b"] = dropped[:, :1]
     save_adaptation(model, tmp_path / "shape", CFG, state=state)

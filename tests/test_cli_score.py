@@ -97,7 +97,7 @@ def test_bad_files_exit_2_naming_the_file(tmp_path, capsys, task, extra, message
     names = {"CATS": cats, "MISSING": tmp_path / "missing.txt", "SHORT": short, "REFS": grouped,
              "HYP": hyp}
     args = {"--refs": str(grouped), "--hyp": str(hyp), "--java": NO_JAVA}
-    for flag, value in zip(extra[::2], extra[1::2]):
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
         args[flag] = str(names[value])
     argv = ["score", task] + [x for kv in args.items() for x in kv]
     assert main(argv) == 2

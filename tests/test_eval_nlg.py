@@ -73,7 +73,8 @@ def test_markdown_table_values() -> None:
     lines = table.splitlines()
     assert "| merged | 50.00 | 4.00 |" in lines[6]          # BLEU x 100, NIST as is
     assert "| fixed | 25.00 | – |" in lines[7]
-    # mean and sample std of the three draws, by hand: BLEU 10,30,20 -> 20 ± 10; NIST 1,2,6 -> 3 ± 2.65
+    # mean and sample std of the three draws, by hand:
+    # BLEU 10,30,20 -> 20 ± 10; NIST 1,2,6 -> 3 ± 2.65
     assert f"| 20.00 ± 10.00 | 3.00 ± {statistics.stdev([1.0, 2.0, 6.0]):.2f} |" in lines[8]
     assert "Not computed: fixed/all: {'METEOR': 'Java not found'}" in table
     assert paper_scale("webnlg", "BLEU", 45.1) == 45.1 and paper_scale("e2e", "CIDEr", 2.5) == 2.5
@@ -82,5 +83,7 @@ def test_markdown_table_values() -> None:
 def test_violin_needs_scores(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no random-routing scores"):
         routing_violin({"BLEU": []}, {"BLEU": 0.5}, tmp_path / "v.png")
-    path = routing_violin({"BLEU": [0.1, 0.2, 0.4], "NIST": [3.0]}, {"BLEU": 0.3}, tmp_path / "v.png")
+    path = routing_violin(
+        {"BLEU": [0.1, 0.2, 0.4], "NIST": [3.0]}, {"BLEU": 0.3}, tmp_path / "v.png"
+    )
     assert _png_size(path)[0] > 0 and not list(tmp_path.glob(".*.tmp"))

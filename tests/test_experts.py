@@ -16,7 +16,6 @@ route would fail. Modules are float64 so the tolerances are ~1e-10.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
 
 import pytest
 import torch
@@ -38,13 +37,13 @@ SHARES = ("up", "down", "none")
 ACTS = ("relu", "gelu", "gelu_tanh")
 TOL = dict(rtol=1e-10, atol=1e-10)
 
-Nested = List  # nested python lists of floats
+Nested = list  # nested python lists of floats
 
 
 # ----------------------------------------------------------------------------------------------
 # Builders (library objects with random, non-trivial float64 parameters)
 # ----------------------------------------------------------------------------------------------
-def _base(kind: str, gen: torch.Generator) -> Tuple[nn.Module, Dict[str, Tuple[int, int]]]:
+def _base(kind: str, gen: torch.Generator) -> tuple[nn.Module, dict[str, tuple[int, int]]]:
     """A base projection with random weight and bias, and the output slices LoRA adapts."""
     if kind == "linear":
         base, slices = nn.Linear(D_IN, D_OUT), {"all": (0, D_OUT)}
@@ -94,7 +93,7 @@ def rand_x(seed: int = 0, batch: int = BATCH) -> torch.Tensor:
     return torch.randn(batch, SEQ, D_IN, generator=gen, dtype=torch.float64)
 
 
-def expected_sides(share: str, num_experts: int = M) -> Tuple[int, int]:
+def expected_sides(share: str, num_experts: int = M) -> tuple[int, int]:
     """(M_down, M_up) as the paper defines sharing: the shared side is one module."""
     return (1 if share == "down" else num_experts, 1 if share == "up" else num_experts)
 
@@ -130,14 +129,14 @@ def ref_projection(kind: str, base: nn.Module, xs: Nested) -> Nested:
     return out
 
 
-def ref_lora_update(x: List[float], A: Nested, B: Nested, scale: float) -> List[float]:
+def ref_lora_update(x: list[float], A: Nested, B: Nested, scale: float) -> list[float]:
     """scale * B A x with A: (d_in, r) and B: (r, d_slice) raw ``x @ W`` layout."""
     d_in, r, d_slice = len(A), len(B), len(B[0])
     u = [sum(x[i] * A[i][t] for i in range(d_in)) for t in range(r)]
     return [scale * sum(u[t] * B[t][o] for t in range(r)) for o in range(d_slice)]
 
 
-def ref_lora_out(kind, base, slices, picks: Dict[str, Tuple[Nested, Nested]], xs) -> Nested:
+def ref_lora_out(kind, base, slices, picks: dict[str, tuple[Nested, Nested]], xs) -> Nested:
     """h = W0 x + b0, plus (alpha/r) B A x added on each adapted slice."""
     out = ref_projection(kind, base, xs)
     for name, (start, stop) in slices.items():
@@ -159,7 +158,7 @@ def ref_act(name: str, z: float) -> float:
     raise ValueError(name)
 
 
-def ref_adapter(hs: Nested, Wd: Nested, bd: List[float], Wu: Nested, bu: List[float],
+def ref_adapter(hs: Nested, Wd: Nested, bd: list[float], Wu: Nested, bu: list[float],
                 act: str) -> Nested:
     """y = h + W_up act(W_down h + b_down) + b_up, with W_down (d, b), W_up (b, d) raw layout."""
     d, b = len(Wd), len(bd)
@@ -175,17 +174,17 @@ def as_tensor(ref: Nested, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(ref, dtype=torch.float64).reshape(like.shape)
 
 
-def lora_tables(layer: AdaMixLoRA) -> Dict[str, Tuple[Nested, Nested]]:
+def lora_tables(layer: AdaMixLoRA) -> dict[str, tuple[Nested, Nested]]:
     """slice -> (A as [M_down][d_in][r], B as [M_up][r][d_slice]) nested lists."""
     return {n: (L(e.lora_a), L(e.lora_b)) for n, e in layer.experts.items()}
 
 
-def adapter_table(layer: AdaMixAdapter) -> Tuple[Nested, ...]:
+def adapter_table(layer: AdaMixAdapter) -> tuple[Nested, ...]:
     e = layer.experts["adapter"]
     return L(e.down_weight), L(e.down_bias), L(e.up_weight), L(e.up_bias)
 
 
-def train_route(router: Router, key: int) -> Tuple[Tuple[int, int], ...]:
+def train_route(router: Router, key: int) -> tuple[tuple[int, int], ...]:
     return tuple(router.route(key, training=True))
 
 
@@ -392,7 +391,8 @@ def _hand_flops(method: str, n_tok: int) -> int:
 @pytest.mark.parametrize("method", ["lora_linear", "lora_fused", "adapter"])
 def test_training_flops_do_not_scale_with_num_experts(method, share):
     """FlopCounterMode: a training forward with M=8 counts exactly the FLOPs of M=1, which equal
-    the hand count (base matmul + one expert's matmuls); the paired pass over 2B rows costs twice."""
+    the hand count (base matmul + one expert's matmuls); the paired pass over 2B rows costs
+    twice."""
     n_tok = BATCH * SEQ
     x = rand_x(0)
     counts = {}
@@ -428,7 +428,8 @@ def _grad(p: nn.Parameter) -> torch.Tensor:
 def test_lora_gradients_only_on_routed_experts(share, passes):
     """After backward of sum(g * out), the rows A[j] / B[k] of non-routed experts have exactly zero
     grad, and routed rows equal the hand-derived gradient:
-    dA[j][i][t] = s * sum_n x[n][i] sum_o g[n][o] B[k][t][o],  dB[k][t][o] = s * sum_n (A_j x_n)[t] g[n][o]."""
+    dA[j][i][t] = s * sum_n x[n][i] sum_o g[n][o] B[k][t][o],
+    dB[k][t][o] = s * sum_n (A_j x_n)[t] g[n][o]."""
     layer, router, slices = make_lora("fused", share)
     layer.train()
     layer.base.requires_grad_(False)
@@ -547,7 +548,7 @@ def _ckpt_mismatches(layer, router) -> int:
         out_p, grads_p = _fwd_bwd(layer, router, x, g, use_ckpt=False, step=step)
         out_c, grads_c = _fwd_bwd(layer, router, x, g, use_ckpt=True, step=step)
         assert torch.equal(out_p, out_c)
-        mismatches += any(not torch.equal(a, b) for a, b in zip(grads_p, grads_c))
+        mismatches += any(not torch.equal(a, b) for a, b in zip(grads_p, grads_c, strict=True))
     return mismatches
 
 

@@ -30,9 +30,9 @@ def test_values_and_gradients_equal_the_plain_loss(mode: str, chunk: int, two_pa
     fused = fused_adamix_lm_loss(h1, h2 if two_passes else None, weight, labels, 7.0,
                                  smoothing=0.1, mode=mode, chunk_tokens=chunk)
     fused_grads = torch.autograd.grad(fused[0], (h1, h2, weight), allow_unused=True)
-    for got, want in zip(fused, (plain.loss, plain.task_loss, plain.consistency)):
+    for got, want in zip(fused, (plain.loss, plain.task_loss, plain.consistency), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    for got, want in zip(fused_grads, plain_grads):
+    for got, want in zip(fused_grads, plain_grads, strict=True):
         if want is None:
             assert got is None or torch.count_nonzero(got) == 0
         else:
@@ -48,7 +48,7 @@ def test_float32_within_float32_tolerance_and_frozen_head() -> None:
     fused = fused_adamix_lm_loss(h1, h2, weight, labels, 100.0, smoothing=0.1, chunk_tokens=16)
     got = torch.autograd.grad(fused[0], (h1, h2))
     torch.testing.assert_close(fused[0], plain.loss, rtol=1e-5, atol=1e-6)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 

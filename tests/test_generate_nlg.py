@@ -13,8 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from adamix_ds.backbones import load_backbone
-from adamix_ds.checkpoint import (WEIGHTS_FILE, export_peft, read_adaptation_config,
-                                  save_adaptation)
+from adamix_ds.checkpoint import WEIGHTS_FILE, export_peft, read_adaptation_config, save_adaptation
 from adamix_ds.data import bundled_asset, load_tokenizer
 from adamix_ds.evaluation import generate as generate_mod
 from adamix_ds.evaluation.beam import BeamSettings
@@ -213,7 +212,10 @@ def test_webnlg_files_are_written_as_the_paper_scores_them(tmp_path: Path) -> No
     assert (out / "hypotheses_raw.txt").read_text().splitlines() == [
         "Aarhus Airport's runway (2702.0)!", "Line one line two"]
     assert (out / "categories.txt").read_text().splitlines() == ["Airport", "Artist"]
-    assert json.loads((out / "generation.json").read_text()) == {"note": "x", "references_dropped": 2}
+    assert json.loads((out / "generation.json").read_text()) == {
+        "note": "x",
+        "references_dropped": 2,
+    }
     write_generation(tmp_path / "e2e", "e2e", groups, hyps, {})
     assert (tmp_path / "e2e" / "hypotheses.txt").read_text().splitlines() == [
         "Aarhus Airport's runway (2702.0)!", "Line one line two"]

@@ -64,7 +64,9 @@ def test_regex_target_and_extra_trainable():
 
 def test_pattern_matching_nothing_lists_modules():
     model = tiny_model("gpt2")
-    with pytest.raises(ValueError, match=r"matches no module(.|\n)*transformer\.h\.\{i\}\.attn\.c_attn"):
+    with pytest.raises(
+        ValueError, match=r"matches no module(.|\n)*transformer\.h\.\{i\}\.attn\.c_attn"
+    ):
         inject_adamix(model, AdaMixConfig(targets=(r"transformer\.h\.\d+\.attn\.q_proj",)))
 
 

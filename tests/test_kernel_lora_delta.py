@@ -16,9 +16,9 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed; the kernel cannot run")
 
 from adamix_ds.experts import LoRAExperts  # noqa: E402
-from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
 from kernels import lora_delta  # noqa: E402
 from kernels.lora_delta import routed_lora_delta, routed_lora_delta_reference  # noqa: E402
+from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -57,7 +57,7 @@ def _check_case(n: int, d_in: int, d_out: int, r: int, route: tuple[tuple[int, i
     want.backward(go.to(dtype).double())
     assert got.dtype == dtype and got.shape == (n, d_out)
     _close(got.cpu(), want.detach(), dtype, "delta")
-    for name, t, ref in zip(("dx", "dA", "dB"), ours, refs):
+    for name, t, ref in zip(("dx", "dA", "dB"), ours, refs, strict=True):
         _close(t.grad.cpu(), ref.grad, dtype, name)
     for name, t, used in (("dA", ours[1], {j for j, _ in route}),
                           ("dB", ours[2], {k for _, k in route})):
@@ -125,7 +125,7 @@ def test_c_attn_q_and_v_slices_in_place(dtype: torch.dtype) -> None:
     want, _ = run(refs, False)
     want.backward(go.to(dtype).double())
     _close(got.detach().cpu(), want.detach(), dtype, "c_attn out")
-    for name, t, ref in zip(("dx", "dW", "dA_q", "dB_q", "dA_v", "dB_v"), ours, refs):
+    for name, t, ref in zip(("dx", "dW", "dA_q", "dB_q", "dA_v", "dB_v"), ours, refs, strict=True):
         _close(t.grad.cpu(), ref.grad, dtype, name)
 
 
@@ -134,7 +134,10 @@ def test_partial_grads_and_no_grad(needs: str) -> None:
     """Frozen x (weight grads only: the h-only kernel path), frozen experts, and no_grad."""
     x, a, b = _experts(16, 64, 48, 4, 2, 2, seed=6)
     route = ((1, 0), (0, 1))
-    ours = [t.float().to(DEVICE).requires_grad_(n in needs) for t, n in zip((x, a, b), "xab")]
+    ours = [
+        t.float().to(DEVICE).requires_grad_(n in needs)
+        for t, n in zip((x, a, b), "xab", strict=True)
+    ]
     refs = [t.float().double().requires_grad_() for t in (x, a, b)]
     with torch.set_grad_enabled(needs != "none"):
         got = routed_lora_delta(*ours, route, SCALE, use_triton=True)
@@ -145,7 +148,7 @@ def test_partial_grads_and_no_grad(needs: str) -> None:
         return
     got.sum().backward()
     want.sum().backward()
-    for t, ref, n in zip(ours, refs, "xab"):
+    for t, ref, n in zip(ours, refs, "xab", strict=True):
         if n in needs:
             _close(t.grad.cpu(), ref.grad, torch.float32, f"d{n}")
         else:

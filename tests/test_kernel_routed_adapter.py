@@ -21,10 +21,14 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed; the kernels cannot run")
 
 from adamix_ds.experts import AdapterExperts  # noqa: E402
-from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
 from kernels import routed_adapter as ra  # noqa: E402
-from kernels.routed_adapter import (LaunchConfig, gpu_config, routed_adapter,  # noqa: E402
-                                    routed_adapter_reference)
+from kernels.routed_adapter import (  # noqa: E402
+    LaunchConfig,
+    gpu_config,
+    routed_adapter,
+    routed_adapter_reference,
+)
+from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -64,11 +68,11 @@ def _check(lead: tuple[int, ...], d: int, b: int, route: tuple[tuple[int, int], 
     want.backward(go.to(dtype).double())
     assert got.dtype == dtype and got.shape == ours[0].shape
     _close(got.detach().cpu(), want.detach(), dtype, "y")
-    for name, t, ref in zip(NAMES, ours, refs):
+    for name, t, ref in zip(NAMES, ours, refs, strict=True):
         assert t.grad.dtype == dtype and t.grad.shape == t.shape
         _close(t.grad.cpu(), ref.grad, dtype, f"d{name}")
     for side, used in ((slice(1, 3), {j for j, _ in route}), (slice(3, 5), {k for _, k in route})):
-        for name, t in zip(NAMES[side], ours[side]):
+        for name, t in zip(NAMES[side], ours[side], strict=True):
             unused = [e for e in range(t.shape[0]) if e not in used]
             assert torch.count_nonzero(t.grad[unused]) == 0, f"d{name} leaked into {unused}"
 
@@ -177,7 +181,7 @@ def test_partial_grads_and_no_grad() -> None:
     for trainable in ({0}, {1, 2, 3, 4}):
         ours = [t.float().to(DEVICE).requires_grad_(i in trainable) for i, t in enumerate(base)]
         routed_adapter(*ours, route, "gelu").backward(go.float().to(DEVICE))
-        for i, (t, ref) in enumerate(zip(ours, want_in)):
+        for i, (t, ref) in enumerate(zip(ours, want_in, strict=True)):
             if i in trainable:
                 _close(t.grad.cpu(), ref.grad, F32, f"d{NAMES[i]}")
             else:

@@ -17,7 +17,6 @@ from adamix_ds.kernel_dispatch import kernel_mode, set_kernel_mode, use_kernels 
 from adamix_ds.training.step import adamix_forward  # noqa: E402
 from tests.models import tiny_model, tokens  # noqa: E402
 
-
 CONFIGS = {
     "lora": AdaMixConfig(method="lora", num_experts=4, rank=4, alpha=16, targets=("q", "v"),
                          share="up", lora_dropout=0.0, consistency_weight=10.0, routing_seed=3),

@@ -9,7 +9,6 @@ against the Python loop before it is used as an oracle for the chunked path.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -33,14 +32,14 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 #                 upcast to float32, so only summation order differs.
 #   "vs_fp64":    low-precision inputs vs the float64 value of the unrounded
 #                 logits; dominated by rounding the logits (bf16 has 8 bits).
-VALUE_RTOL: Dict[torch.dtype, Dict[str, float]] = {
+VALUE_RTOL: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"same_input": 1e-12, "vs_fp64": 1e-12},
     torch.float32: {"same_input": 1e-5, "vs_fp64": 1e-5},
     torch.float16: {"same_input": 1e-5, "vs_fp64": 1e-2},
     torch.bfloat16: {"same_input": 1e-5, "vs_fp64": 5e-2},
 }
 # Gradients are written in the inputs' dtype, so they carry its rounding.
-GRAD_TOL: Dict[torch.dtype, Tuple[float, float]] = {  # (rtol, atol)
+GRAD_TOL: dict[torch.dtype, tuple[float, float]] = {  # (rtol, atol)
     torch.float64: (1e-10, 1e-12),
     torch.float32: (1e-5, 1e-7),
     torch.float16: (2e-3, 1e-6),
@@ -51,17 +50,19 @@ GRAD_TOL: Dict[torch.dtype, Tuple[float, float]] = {  # (rtol, atol)
 # --------------------------------------------------------------------------
 # Independent float64 Python oracles
 # --------------------------------------------------------------------------
-def _py_log_softmax(row: List[float]) -> List[float]:
+def _py_log_softmax(row: list[float]) -> list[float]:
     m = max(row)
     lse = m + math.log(sum(math.exp(z - m) for z in row))
     return [z - lse for z in row]
 
 
-def _py_label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, eps: float, ignore: int = IGNORE) -> float:
+def _py_label_smoothed_ce(
+    logits: torch.Tensor, labels: torch.Tensor, eps: float, ignore: int = IGNORE
+) -> float:
     rows = logits.double().reshape(-1, logits.shape[-1]).tolist()
     labs = labels.reshape(-1).tolist()
     total, count = 0.0, 0
-    for row, y in zip(rows, labs):
+    for row, y in zip(rows, labs, strict=True):
         if y == ignore:
             continue
         logp = _py_log_softmax(row)
@@ -72,19 +73,19 @@ def _py_label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, eps: float
     return total / count if count else 0.0
 
 
-def _py_consistency(lp: torch.Tensor, lq: torch.Tensor, mask: Optional[torch.Tensor]) -> float:
+def _py_consistency(lp: torch.Tensor, lq: torch.Tensor, mask: torch.Tensor | None) -> float:
     """mean over masked tokens of 0.5*(sum p log(p/q) + sum q log(q/p))."""
     vocab = lp.shape[-1]
     rows_p = lp.double().reshape(-1, vocab).tolist()
     rows_q = lq.double().reshape(-1, vocab).tolist()
     keep = [True] * len(rows_p) if mask is None else mask.reshape(-1).tolist()
     total, count = 0.0, 0
-    for zp, zq, k in zip(rows_p, rows_q, keep):
+    for zp, zq, k in zip(rows_p, rows_q, keep, strict=True):
         if not k:
             continue
         logp, logq = _py_log_softmax(zp), _py_log_softmax(zq)
-        kl_pq = sum(math.exp(a) * (a - b) for a, b in zip(logp, logq))
-        kl_qp = sum(math.exp(b) * (b - a) for a, b in zip(logp, logq))
+        kl_pq = sum(math.exp(a) * (a - b) for a, b in zip(logp, logq, strict=True))
+        kl_qp = sum(math.exp(b) * (b - a) for a, b in zip(logp, logq, strict=True))
         total += 0.5 * (kl_pq + kl_qp)
         count += 1
     return total / count if count else 0.0
@@ -92,7 +93,7 @@ def _py_consistency(lp: torch.Tensor, lq: torch.Tensor, mask: Optional[torch.Ten
 
 def _py_closed_form_grads(
     lp: torch.Tensor, lq: torch.Tensor, mask: torch.Tensor, mode: str
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-derived gradients from the spec, token by token, in float64."""
     vocab = lp.shape[-1]
     rows_p = lp.double().reshape(-1, vocab).tolist()
@@ -100,7 +101,7 @@ def _py_closed_form_grads(
     keep = mask.reshape(-1).tolist()
     n = sum(keep)
     gp, gq = [], []
-    for zp, zq, k in zip(rows_p, rows_q, keep):
+    for zp, zq, k in zip(rows_p, rows_q, keep, strict=True):
         if not k:
             gp.append([0.0] * vocab)
             gq.append([0.0] * vocab)
@@ -109,21 +110,25 @@ def _py_closed_form_grads(
         p = [math.exp(a) for a in logp]
         q = [math.exp(b) for b in logq]
         if mode == "stopgrad":
-            rp = [pk - qk for pk, qk in zip(p, q)]
-            rq = [qk - pk for pk, qk in zip(p, q)]
+            rp = [pk - qk for pk, qk in zip(p, q, strict=True)]
+            rq = [qk - pk for pk, qk in zip(p, q, strict=True)]
         else:
-            d = [a - b for a, b in zip(logp, logq)]
-            kl_pq = sum(pk * dk for pk, dk in zip(p, d))
-            kl_qp = sum(qk * -dk for qk, dk in zip(q, d))
-            rp = [pk * (dk - kl_pq) + (pk - qk) for pk, qk, dk in zip(p, q, d)]
-            rq = [qk * (-dk - kl_qp) + (qk - pk) for pk, qk, dk in zip(p, q, d)]
+            d = [a - b for a, b in zip(logp, logq, strict=True)]
+            kl_pq = sum(pk * dk for pk, dk in zip(p, d, strict=True))
+            kl_qp = sum(qk * -dk for qk, dk in zip(q, d, strict=True))
+            rp = [pk * (dk - kl_pq) + (pk - qk) for pk, qk, dk in zip(p, q, d, strict=True)]
+            rq = [qk * (-dk - kl_qp) + (qk - pk) for pk, qk, dk in zip(p, q, d, strict=True)]
         gp.append([0.5 * g / n for g in rp])
         gq.append([0.5 * g / n for g in rq])
     shape = lp.shape
-    return torch.tensor(gp, dtype=torch.float64).reshape(shape), torch.tensor(gq, dtype=torch.float64).reshape(shape)
+    return torch.tensor(gp, dtype=torch.float64).reshape(shape), torch.tensor(
+        gq, dtype=torch.float64
+    ).reshape(shape)
 
 
-def _pair(shape: Tuple[int, ...], vocab: int, seed: int, dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+def _pair(
+    shape: tuple[int, ...], vocab: int, seed: int, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two correlated logit tensors (like two stochastic passes of one model)."""
     g = torch.Generator().manual_seed(seed)
     a = 2.0 * torch.randn(*shape, vocab, generator=g, dtype=torch.float64)
@@ -131,7 +136,7 @@ def _pair(shape: Tuple[int, ...], vocab: int, seed: int, dtype: torch.dtype = to
     return a.to(dtype), b.to(dtype)
 
 
-def _mask(shape: Tuple[int, ...], seed: int) -> torch.Tensor:
+def _mask(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     m = torch.rand(*shape, generator=g) < 0.6
     m.reshape(-1)[0] = True  # at least one token
@@ -139,7 +144,9 @@ def _mask(shape: Tuple[int, ...], seed: int) -> torch.Tensor:
     return m
 
 
-def _labels(shape: Tuple[int, ...], vocab: int, seed: int, ignore_frac: float = 0.3) -> torch.Tensor:
+def _labels(
+    shape: tuple[int, ...], vocab: int, seed: int, ignore_frac: float = 0.3
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, vocab, shape, generator=g)
     y[torch.rand(*shape, generator=g) < ignore_frac] = IGNORE
@@ -167,11 +174,16 @@ def test_ce_matches_torch_label_smoothing_convention(eps: float) -> None:
     # averages over non-ignored tokens: the same convention as ours, checked
     # with and without ignored tokens, for value and gradient.
     base, _ = _pair((4, 6), 13, seed=3, dtype=torch.float32)
-    for labels in (torch.randint(0, 13, (4, 6), generator=torch.Generator().manual_seed(4)), _labels((4, 6), 13, seed=5)):
+    for labels in (
+        torch.randint(0, 13, (4, 6), generator=torch.Generator().manual_seed(4)),
+        _labels((4, 6), 13, seed=5),
+    ):
         x1 = base.clone().requires_grad_(True)
         x2 = base.clone().requires_grad_(True)
         ours = label_smoothed_cross_entropy(x1, labels, smoothing=eps, chunk_tokens=5)
-        ref = F.cross_entropy(x2.reshape(-1, 13), labels.reshape(-1), label_smoothing=eps, ignore_index=IGNORE)
+        ref = F.cross_entropy(
+            x2.reshape(-1, 13), labels.reshape(-1), label_smoothing=eps, ignore_index=IGNORE
+        )
         torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
         ours.backward()
         ref.backward()
@@ -202,7 +214,9 @@ def test_ce_low_precision_upcasts(dtype: torch.dtype) -> None:
     labels = _labels((5, 3), 40, seed=9)
     got = label_smoothed_cross_entropy(logits, labels, smoothing=0.1, chunk_tokens=4)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(_py_label_smoothed_ce(logits, labels, 0.1), rel=VALUE_RTOL[dtype]["same_input"])
+    assert got.item() == pytest.approx(
+        _py_label_smoothed_ce(logits, labels, 0.1), rel=VALUE_RTOL[dtype]["same_input"]
+    )
 
 
 def test_ce_rejects_out_of_range_labels() -> None:
@@ -235,19 +249,25 @@ def test_reference_matches_python_loop(use_mask: bool) -> None:
     a, b = _pair((3, 7), 6, seed=13)
     m = _mask((3, 7), seed=14) if use_mask else None
     for mode in CONSISTENCY_MODES:
-        assert consistency_kl_reference(a, b, m, mode=mode).item() == pytest.approx(_py_consistency(a, b, m), rel=1e-12)
+        assert consistency_kl_reference(a, b, m, mode=mode).item() == pytest.approx(
+            _py_consistency(a, b, m), rel=1e-12
+        )
 
 
 @pytest.mark.parametrize("mode", CONSISTENCY_MODES)
 @pytest.mark.parametrize("use_mask", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
 @pytest.mark.parametrize("shape", [(13,), (3, 5)])
-def test_chunked_matches_loop_and_reference(mode: str, use_mask: bool, chunk: int, shape: Tuple[int, ...]) -> None:
+def test_chunked_matches_loop_and_reference(
+    mode: str, use_mask: bool, chunk: int, shape: tuple[int, ...]
+) -> None:
     a, b = _pair(shape, 10, seed=15 + chunk)
     m = _mask(shape, seed=16) if use_mask else None
     got = consistency_kl(a, b, m, mode=mode, chunk_tokens=chunk)
     assert got.item() == pytest.approx(_py_consistency(a, b, m), rel=1e-12)
-    torch.testing.assert_close(got, consistency_kl_reference(a, b, m, mode=mode), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        got, consistency_kl_reference(a, b, m, mode=mode), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
@@ -423,7 +443,9 @@ def test_adamix_loss_single_pass_and_grads() -> None:
     y = b.clone().requires_grad_(True)
     adamix_loss(x, y, labels, consistency_weight=0.5, smoothing=0.2).loss.backward()
     xr = a.clone().requires_grad_(True)
-    F.cross_entropy(xr.reshape(-1, 6), labels.reshape(-1), label_smoothing=0.2, ignore_index=IGNORE).backward()
+    F.cross_entropy(
+        xr.reshape(-1, 6), labels.reshape(-1), label_smoothing=0.2, ignore_index=IGNORE
+    ).backward()
     cons_p, cons_q = _py_closed_form_grads(a, b, labels != IGNORE, "stopgrad")
     torch.testing.assert_close(x.grad, xr.grad + 0.5 * cons_p, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(y.grad, 0.5 * cons_q, rtol=1e-10, atol=1e-13)
@@ -432,8 +454,8 @@ def test_adamix_loss_single_pass_and_grads() -> None:
 # --------------------------------------------------------------------------
 # Memory: what is saved for backward, and how big the float32 temporaries get
 # --------------------------------------------------------------------------
-def _saved_for_backward(fn) -> List[torch.Tensor]:
-    saved: List[torch.Tensor] = []
+def _saved_for_backward(fn) -> list[torch.Tensor]:
+    saved: list[torch.Tensor] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         saved.append(t)
@@ -452,7 +474,9 @@ def test_only_inputs_are_saved_for_backward(mode: str) -> None:
     labels = _labels((tokens,), vocab, seed=33)
     inputs = {x.data_ptr(), y.data_ptr()}
 
-    saved = _saved_for_backward(lambda: adamix_loss(x, y, labels, 1.0, smoothing=0.1, mode=mode, chunk_tokens=8))
+    saved = _saved_for_backward(
+        lambda: adamix_loss(x, y, labels, 1.0, smoothing=0.1, mode=mode, chunk_tokens=8)
+    )
     assert saved, "hook saw nothing: the check would be vacuous"
     for t in saved:
         # Either one of the logits themselves, or a small (<= tokens) index/scalar.

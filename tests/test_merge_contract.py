@@ -9,8 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adamix_ds import (AdaMixConfig, adamix_layers, adaptation_parameters, fold_lora,
-                       inject_adamix, merge_experts, unfold_lora)
+from adamix_ds import (
+    AdaMixConfig,
+    adamix_layers,
+    adaptation_parameters,
+    fold_lora,
+    inject_adamix,
+    merge_experts,
+    unfold_lora,
+)
 from adamix_ds.checkpoint import export_peft, load_adaptation, save_adaptation
 from adamix_ds.merging import product_factors, svd_truncate
 from tests.models import logits, tiny_model, tokens
@@ -153,7 +160,7 @@ def test_product_merge_equals_mean_of_expert_products():
 
 
 def test_svd_truncation_is_the_best_rank_r_approximation():
-    """Eckart-Young: the error of the rank-r factors is the norm of the discarded singular values."""
+    """Eckart-Young: the rank-r factors' error is the norm of the discarded singular values."""
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(12, 10, generator=g), torch.randn(10, 9, generator=g)
     delta = a.double() @ b.double()

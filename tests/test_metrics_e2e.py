@@ -21,8 +21,8 @@ import math
 import random
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -39,7 +39,7 @@ from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a  # noqa: E402
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH")
 
-Groups = List[List[str]]
+Groups = list[list[str]]
 
 
 # ----------------------------------------------------------------------------- data
@@ -87,7 +87,7 @@ def _perturb(rng: random.Random, sentence: str, vocab: Sequence[str], short_ok: 
 
 
 def _random_corpus(rng: random.Random, groups: Groups, size: int, short_ok: bool = True
-                   ) -> Tuple[List[str], Groups]:
+                   ) -> tuple[list[str], Groups]:
     vocab = sorted({w for g in groups for s in g for w in s.split()})
     picked = [list(groups[rng.randrange(len(groups))]) for _ in range(size)]
     hyps = []
@@ -101,7 +101,7 @@ def _random_corpus(rng: random.Random, groups: Groups, size: int, short_ok: bool
 
 # ----------------------------------------------------------------------------- oracles
 
-def _sacre_tokens(text: str) -> List[str]:
+def _sacre_tokens(text: str) -> list[str]:
     return Tokenizer13a()(text.lower()).split()
 
 
@@ -109,7 +109,7 @@ SACRE_BLEU = BLEU(tokenize="13a", lowercase=True, smooth_method="floor", smooth_
                   effective_order=False)
 
 
-def _streams(refs: Groups) -> List[List]:
+def _streams(refs: Groups) -> list[list]:
     """sacrebleu's reference layout: one stream per reference index, None where a group is short."""
     width = max(len(g) for g in refs)
     return [[g[k] if k < len(g) else None for g in refs] for k in range(width)]
@@ -131,7 +131,7 @@ def _nist_reference(hyps: Sequence[str], refs: Groups, max_n: int = 5) -> float:
     score = 0.0
     for n in range(1, max_n + 1):
         info_sum, n_grams = 0.0, 0
-        for hyp, group in zip(hyp_toks, ref_toks):
+        for hyp, group in zip(hyp_toks, ref_toks, strict=True):
             hyp_counts = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
             clip: Counter = Counter()
             for ref in group:
@@ -147,7 +147,7 @@ def _nist_reference(hyps: Sequence[str], refs: Groups, max_n: int = 5) -> float:
     return score * math.exp(beta * math.log(min(sys_len / ref_len, 1.0)) ** 2)
 
 
-def _coco_tokenize(corpora: Sequence[Tuple[List[str], Groups]]) -> List[Tuple[List[str], Groups]]:
+def _coco_tokenize(corpora: Sequence[tuple[list[str], Groups]]) -> list[tuple[list[str], Groups]]:
     """PyPI PTBTokenizer over several corpora at once (two Java runs, as the evaluator makes:
     all references, then all outputs), split back per corpus."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -162,7 +162,7 @@ def _coco_tokenize(corpora: Sequence[Tuple[List[str], Groups]]) -> List[Tuple[Li
              [gts_t[(c, i)] for i in range(len(hyps))]) for c, (hyps, _) in enumerate(corpora)]
 
 
-def _as_coco(hyps: List[str], refs: Groups) -> Tuple[Dict, Dict]:
+def _as_coco(hyps: list[str], refs: Groups) -> tuple[dict, dict]:
     return ({f"inst-{i}": g for i, g in enumerate(refs)},
             {f"inst-{i}": [h] for i, h in enumerate(hyps)})
 
@@ -397,7 +397,7 @@ def test_score_e2e_files_on_bundled_sample_equals_official_composition(tmp_path,
     rng = random.Random(6)
     vocab = sorted({w for g in refs for s in g for w in s.split()})
     hyps = [_perturb(rng, rng.choice(g), vocab, short_ok=False) for g in refs]
-    ref_lines: List[str] = []
+    ref_lines: list[str] = []
     for g in refs:
         ref_lines += g + [""]
     # the METEOR process of the fixture is reused (a fresh one is the default; it would cost
@@ -460,7 +460,7 @@ def test_read_references_groups_and_single_reference(tmp_path):
     multi = _write(tmp_path / "multi.txt", ["a1 ", "a2", "", "b1", ""])
     assert e2e.read_references(multi) == [["a1", "a2"], ["b1"]]
     crlf = tmp_path / "crlf.txt"
-    crlf.write_bytes("a1\r\na2\r\n\r\nb1".encode("utf-8"))
+    crlf.write_bytes(b"a1\r\na2\r\n\r\nb1")
     assert e2e.read_references(crlf) == [["a1", "a2"], ["b1"]]
     # no blank line: one reference per instance (a single multi-reference instance cannot be told
     # apart, as in the official script)

@@ -12,15 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from adamix_ds.data.readers import (SEEN_WEBNLG_CATEGORIES, group_references, read_dart,
-                                    read_e2e, read_webnlg)
+from adamix_ds.data.readers import (
+    SEEN_WEBNLG_CATEGORIES,
+    group_references,
+    read_dart,
+    read_e2e,
+    read_webnlg,
+)
 from adamix_ds.evaluation.metrics import pycocoevalcap_jar
-from adamix_ds.evaluation.metrics.webnlg import (generation_eval_ter, generation_eval_tokenize,
-                                                 lora_postprocess, mteval_13a_tokenize,
-                                                 multi_bleu_detok, read_categories,
-                                                 read_hypotheses, read_reference_files,
-                                                 read_webnlg_references, score_dart,
-                                                 score_webnlg, sentence_ter)
+from adamix_ds.evaluation.metrics.webnlg import (
+    generation_eval_ter,
+    generation_eval_tokenize,
+    lora_postprocess,
+    mteval_13a_tokenize,
+    multi_bleu_detok,
+    read_categories,
+    read_hypotheses,
+    read_reference_files,
+    read_webnlg_references,
+    score_dart,
+    score_webnlg,
+    sentence_ter,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_JAVA = "/nonexistent/bin/java"
@@ -223,7 +236,7 @@ def test_seen_unseen_subsets_and_missing_java():
         tok_h = [generation_eval_tokenize(h) for h in sub_h]
         tok_r = [[generation_eval_tokenize(r) for r in g] for g in sub_r]
         expected_ter = sum(min(sentence_ter(h.split(), r.split()) for r in g)
-                           for h, g in zip(tok_h, tok_r)) / len(idx)
+                           for h, g in zip(tok_h, tok_r, strict=True)) / len(idx)
         assert result.scores["TER"] == pytest.approx(expected_ter)
     # all categories seen: no unseen subset; DART: the same metrics on one subset
     assert list(score_webnlg(hyps[:3], refs[:3], ["Food"] * 3, java=NO_JAVA)) == ["all", "seen"]

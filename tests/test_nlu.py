@@ -127,7 +127,7 @@ def test_paired_forward_equals_two_separately_routed_passes_in_float64():
     want = torch.autograd.grad(ref, [p for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(out.loss, ref)
     assert float(out.consistency.detach()) > 1e-3  # the two routes really differ
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -204,7 +204,7 @@ def test_bad_override_value_errors():
         launcher.parse_args(base + ["--max_steps", "seven"])
 
 
-# --- schedule arithmetic (engine.py) ---------------------------------------------------------------
+# --- schedule arithmetic (engine.py) --------------------------------------------------------------
 def test_linear_warmup_decay_table():
     """warmup=3, total=10: s/3 for s < 3, then (10-s)/7 down to 0 at s=10, never negative."""
     from adamix_ds.training.engine import linear_warmup_decay

@@ -19,8 +19,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import pytest
 import torch
@@ -63,11 +63,11 @@ def reference_splitmix64_stream(seed: int):
         yield z ^ (z >> 31)
 
 
-def take(gen, n: int) -> List[int]:
+def take(gen, n: int) -> list[int]:
     return [next(gen) for _ in range(n)]
 
 
-def make_router(seed: int, registrations: Sequence[Tuple[str, int, int]] = worker.REGISTRATIONS,
+def make_router(seed: int, registrations: Sequence[tuple[str, int, int]] = worker.REGISTRATIONS,
                 inference: str = "merged") -> Router:
     router = Router(seed=seed, inference=inference)
     for name, num_down, num_up in registrations:
@@ -75,7 +75,7 @@ def make_router(seed: int, registrations: Sequence[Tuple[str, int, int]] = worke
     return router
 
 
-def all_pairs(router: Router, steps, passes=(0, 1)) -> Dict[Tuple[int, int, int], Tuple[int, int]]:
+def all_pairs(router: Router, steps, passes=(0, 1)) -> dict[tuple[int, int, int], tuple[int, int]]:
     return {(s, p, k): tuple(router.pair(k, s, p))
             for s in steps for p in passes for k in range(router.num_keys)}
 
@@ -147,7 +147,7 @@ def _run_routes_worker(seed: int, torch_seed: int, hash_seed: str, steps: int = 
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _collect(proc: subprocess.Popen, timeout: float = 60.0) -> List[dict]:
+def _collect(proc: subprocess.Popen, timeout: float = 60.0) -> list[dict]:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -195,7 +195,7 @@ NUM_PAIRED_STEPS = 20_000
 
 
 @pytest.fixture(scope="module")
-def draws() -> Dict[int, List[Tuple[int, ...]]]:
+def draws() -> dict[int, list[tuple[int, ...]]]:
     """Per M: (down_p0, up_p0[, down_p1, up_p1]) of one key with M experts per side, per step;
     pass 1 is drawn for the first NUM_PAIRED_STEPS steps only."""
     out = {}
@@ -245,7 +245,7 @@ def test_routes_change_across_passes_and_steps(draws, m):
     for side, name in ((0, "down"), (1, "up")):
         same_pass = sum(r[side] == r[side + 2] for r in rows) / n
         assert_close_rel(same_pass, 1 / m, 0.10, f"M={m} {name}: pass 0 == pass 1")
-        same_step = sum(a[side] == b[side] for a, b in zip(rows, rows[1:])) / (n - 1)
+        same_step = sum(a[side] == b[side] for a, b in zip(rows, rows[1:], strict=False)) / (n - 1)
         assert_close_rel(same_step, 1 / m, 0.10, f"M={m} {name}: step s == step s+1")
     both_sides = sum(r[:2] == r[2:] for r in rows) / n
     assert_close_rel(both_sides, 1 / m**2, 0.15, f"M={m}: full pair pass 0 == pass 1")
@@ -347,7 +347,7 @@ def test_eval_random_routes_are_a_separate_stream(mode):
         assert all(len(r) == 2 and all(0 <= d < m and 0 <= u < m for d, u in r) for r in evals)
         assert evals != trains
         # Unrelated streams: a key's eval pair equals its training pair at chance level 1/M**2.
-        same = sum(e[0] == t[0] for e, t in zip(evals, trains)) / len(evals)
+        same = sum(e[0] == t[0] for e, t in zip(evals, trains, strict=True)) / len(evals)
         assert same < 3 / m**2, f"eval replays training routes for {same:.0%} of keys"
         members_same = sum(r[0] == r[1] for r in evals) / len(evals)
         assert members_same < 3 / m**2, "ensemble members share routes"
@@ -500,7 +500,7 @@ def test_check_consistency_is_a_noop_without_a_process_group():
 
 
 def run_ranks(rank_args: Sequence[Sequence[str]], tmp_path: Path,
-              timeout: float = 150.0) -> List[List[dict]]:
+              timeout: float = 150.0) -> list[list[dict]]:
     """Launch one worker per rank in a gloo group on 127.0.0.1 and return each rank's JSON lines.
 
     Fails (never hangs) if any rank exits non-zero or the whole group exceeds ``timeout``: the
@@ -542,7 +542,8 @@ def run_ranks(rank_args: Sequence[Sequence[str]], tmp_path: Path,
             kill_all()
             pytest.fail(f"gloo workers did not finish within {timeout}s")
         time.sleep(0.05)
-    return [[json.loads(l) for l in o.read_text().splitlines() if l.strip()] for o in outs]
+    return [[json.loads(line) for line in o.read_text().splitlines() if line.strip()]
+            for o in outs]
 
 
 @pytest.mark.multirank

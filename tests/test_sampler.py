@@ -59,7 +59,7 @@ def test_epoch_is_permutation_of_a_subset_and_epochs_differ(n, micro, world):
         assert len(flat) == len(set(flat)) == n - n % (micro * world)
         assert all(0 <= i < n for i in flat)
         used_per_epoch.append([i for g in zip(*(o.batches(epoch) for o in
-                                                  _ranks(n, micro, world, seed=3)))
+                                                  _ranks(n, micro, world, seed=3)), strict=True)
                                for b in g for i in b])
     assert used_per_epoch[0] != used_per_epoch[1] != used_per_epoch[2]
     assert used_per_epoch[0] != used_per_epoch[2]

@@ -50,7 +50,7 @@ def _batch(lengths=(9, 6, 4, 8), contexts=(3, 2, 1, 5), seed=5):
     ids = torch.zeros(len(lengths), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE)
-    for i, (n, c) in enumerate(zip(lengths, contexts)):
+    for i, (n, c) in enumerate(zip(lengths, contexts, strict=True)):
         ids[i, :n] = torch.randint(1, VOCAB, (n,), generator=g)
         mask[i, :n] = 1
         labels[i, c:n] = ids[i, c:n]
@@ -109,7 +109,7 @@ def _grads_close(g1, g2, tol=1e-5):
     assert g1.keys() == g2.keys() and g1
     for name in g1:
         torch.testing.assert_close(g1[name].double(), g2[name].double(), rtol=tol, atol=tol,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("method,share", [("lora", "up"), ("adapter", "down")])
@@ -258,12 +258,14 @@ def test_global_token_normalisation_two_ranks_equal_one(consistency):
     n_global = count_target_tokens(full["labels"])
     assert n_local == [6 + 4, 3 + 3] and sum(n_local) == n_global   # unequal shares
     outs, grads = [], []
-    for half, n in zip(halves, n_local):
+    for half, n in zip(halves, n_local, strict=True):
         out, g = _run(model, half, router, cfg, consistency, loss_scale=n * world / n_global)
         outs.append(out)
         grads.append(g)
     for field in ("loss", "task_loss", "consistency"):
-        _close(sum(float(getattr(o, field).detach()) for o in outs) / world, getattr(out_full, field))
+        _close(
+            sum(float(getattr(o, field).detach()) for o in outs) / world, getattr(out_full, field)
+        )
     _grads_close({k: (grads[0][k] + grads[1][k]) / world for k in g_full}, g_full)
     # Without the scale, the plain mean of the two local means would be wrong here.
     unscaled = (float(outs[0].loss.detach()) / (n_local[0] * world / n_global)

@@ -1,7 +1,8 @@
 """Batch collation for causal-LM fine-tuning on encoded NLG examples."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -13,8 +14,8 @@ __all__ = ["collate_nlg"]
 def collate_nlg(
     batch: Sequence[Mapping[str, Any]],
     pad_id: int,
-    pad_to_multiple_of: Optional[int] = None,
-) -> Dict[str, torch.Tensor]:
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Right-pad a list of examples to the longest one.
 
     Right padding keeps position ids ``0..len-1`` for the real tokens (GPT-2 derives positions from
@@ -35,7 +36,7 @@ def collate_nlg(
         raise ValueError("collate_nlg: empty batch")
     ids = [torch.as_tensor(ex["input_ids"], dtype=torch.long) for ex in batch]
     labels = [torch.as_tensor(ex["labels"], dtype=torch.long) for ex in batch]
-    for i, (x, y) in enumerate(zip(ids, labels)):
+    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
         if x.dim() != 1 or x.shape != y.shape:
             raise ValueError(f"collate_nlg: example {i}: input_ids {tuple(x.shape)} and labels "
                              f"{tuple(y.shape)} must be 1-D of the same length")
@@ -45,7 +46,7 @@ def collate_nlg(
     out_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     out_mask = torch.zeros((len(batch), width), dtype=torch.long)
     out_labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (x, y) in enumerate(zip(ids, labels)):
+    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
         n = x.numel()
         out_ids[i, :n] = x
         out_mask[i, :n] = 1

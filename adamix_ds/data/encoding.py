@@ -30,7 +30,8 @@ sequences: 133, 259 and 229 tokens), so the rules matter only for short debug le
 """
 from __future__ import annotations
 
-from typing import List, Mapping, Protocol, Sequence, Tuple, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Protocol, TypedDict
 
 __all__ = [
     "IGNORE_INDEX",
@@ -46,10 +47,10 @@ IGNORE_INDEX = -100
 
 
 class EncodedExample(TypedDict):
-    """One training example; ``input_ids`` and ``labels`` have the same length ``T <= max_seq_len``."""
+    """One training example: ``input_ids`` and ``labels`` of one length ``T <= max_seq_len``."""
 
-    input_ids: List[int]
-    labels: List[int]
+    input_ids: list[int]
+    labels: list[int]
     context_len: int
 
 
@@ -58,11 +59,14 @@ class _Tokenizer(Protocol):
 
     eos_token_id: int
 
-    def __call__(self, text: List[str], add_special_tokens: bool = ...) -> Mapping[str, List[List[int]]]:
-        ...
+    def __call__(
+        self, text: list[str], add_special_tokens: bool = ...
+    ) -> Mapping[str, list[list[int]]]: ...
 
 
-def needs_truncation(context_ids: Sequence[int], completion_ids: Sequence[int], max_seq_len: int) -> bool:
+def needs_truncation(
+    context_ids: Sequence[int], completion_ids: Sequence[int], max_seq_len: int
+) -> bool:
     """Whether ``build_example`` has to cut this pair (2 = the separator and final eos)."""
     return len(context_ids) + len(completion_ids) + 2 > max_seq_len
 
@@ -106,7 +110,7 @@ def build_example(
 
 def tokenize_pairs(
     records: Sequence[Mapping[str, str]], tokenizer: _Tokenizer
-) -> Tuple[List[List[int]], List[List[int]]]:
+) -> tuple[list[list[int]], list[list[int]]]:
     """BPE ids of every record's context and of ``" " + completion`` (batched: fast tokenizers
     encode a list in parallel).
 
@@ -119,7 +123,7 @@ def tokenize_pairs(
     # so each unique context is tokenized once.
     unique = list(dict.fromkeys(r["context"] for r in records))
     unique_ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
-    by_context = dict(zip(unique, unique_ids))
+    by_context = dict(zip(unique, unique_ids, strict=True))
     ctx_ids = [list(by_context[r["context"]]) for r in records]
     # The leading space makes the completion's first word a word-initial BPE token, as in
     # gpt2_encode.py (`enc.encode(' ' + completion)`).
@@ -128,17 +132,21 @@ def tokenize_pairs(
     return ctx_ids, list(comp_ids)
 
 
-def encode_record(record: Mapping[str, str], tokenizer: _Tokenizer, max_seq_len: int) -> EncodedExample:
+def encode_record(
+    record: Mapping[str, str], tokenizer: _Tokenizer, max_seq_len: int
+) -> EncodedExample:
     """Encode one ``{"context", "completion"}`` record (see :func:`build_example`)."""
     return encode_records([record], tokenizer, max_seq_len)[0]
 
 
 def encode_records(
     records: Sequence[Mapping[str, str]], tokenizer: _Tokenizer, max_seq_len: int
-) -> List[EncodedExample]:
+) -> list[EncodedExample]:
     """Encode records in order; the tokenizer's ``eos_token_id`` is the separator and end token."""
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("tokenizer has no eos_token_id (GPT-2's is 50256)")
     ctx_ids, comp_ids = tokenize_pairs(records, tokenizer)
-    return [build_example(c, p, eos_id, max_seq_len) for c, p in zip(ctx_ids, comp_ids)]
+    return [
+        build_example(c, p, eos_id, max_seq_len) for c, p in zip(ctx_ids, comp_ids, strict=True)
+    ]

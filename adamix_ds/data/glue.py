@@ -1,18 +1,23 @@
 """GLUE tasks for the AdaMix NLU experiments: readers, encoding and batch collation.
 
 Files are the ones ``download_glue_data.py`` writes, one folder per task inside ``data_dir``
-(``data_dir/RTE/train.tsv`` ...; ``/work/shared/data/glue`` has RTE, MRPC, CoLA, SST-2, STS-B):
+(``data_dir/RTE/train.tsv`` ...). The columns read (header names, or positions for CoLA) and the
+labels in id order:
 
-| task  | columns (header names, or positions for CoLA)            | labels (id order)               |
-|-------|----------------------------------------------------------|---------------------------------|
-| CoLA  | no header: ``source, label, orig_label, sentence``       | ``0 1``                         |
-| SST-2 | ``sentence, label``                                      | ``0 1``                         |
-| MRPC  | ``Quality, #1 ID, #2 ID, #1 String, #2 String`` (BOM)    | ``0 1``                         |
-| QQP   | ``id, qid1, qid2, question1, question2, is_duplicate``   | ``0 1``                         |
-| STS-B | 10 columns, ``sentence1, sentence2, score``               | float score (regression)        |
-| MNLI  | 12 / 16 columns, ``sentence1, sentence2, ..., gold_label`` | entailment neutral contradiction |
-| QNLI  | ``index, question, sentence, label``                     | entailment not_entailment       |
-| RTE   | ``index, sentence1, sentence2, label``                   | entailment not_entailment       |
+| task  | text columns                                | label column           | labels            |
+|-------|---------------------------------------------|------------------------|-------------------|
+| CoLA  | no header, 4 columns: position 3 (0-based)  | position 1             | 0 1               |
+| SST-2 | ``sentence``                                | ``label``              | 0 1               |
+| MRPC  | ``#1 String``, ``#2 String`` (file has BOM) | ``Quality``            | 0 1               |
+| QQP   | ``question1``, ``question2``                | ``is_duplicate``       | 0 1               |
+| STS-B | ``sentence1``, ``sentence2`` (10 columns)   | ``score``              | float score       |
+| MNLI  | ``sentence1``, ``sentence2`` (12 / 16)      | ``gold_label``         | entailment        |
+|       |                                             |                        | neutral           |
+|       |                                             |                        | contradiction     |
+| QNLI  | ``question``, ``sentence``                  | ``label``              | entailment        |
+|       |                                             |                        | not_entailment    |
+| RTE   | ``sentence1``, ``sentence2``                | ``label``              | entailment        |
+|       |                                             |                        | not_entailment    |
 
 Label ids follow the Hugging Face ``glue`` datasets, so predictions are comparable with models
 fine-tuned there. Without ``data_dir`` the readers use the bundled 40-row samples
@@ -21,9 +26,10 @@ fine-tuned there. Without ``data_dir`` the readers use the bundled 40-row sample
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 
@@ -34,8 +40,8 @@ __all__ = [
     "resolve_glue_file", "read_glue", "encode_glue", "collate_nlu",
 ]
 
-PathLike = Union[str, Path]
-Column = Union[str, int]  # a header name, or a position in a headerless file (CoLA)
+PathLike = str | Path
+Column = str | int  # a header name, or a position in a headerless file (CoLA)
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,8 @@ class NluExample:
     """One labelled sentence (pair): ``label`` is a class id, or a float score for STS-B."""
 
     text_a: str
-    text_b: Optional[str]
-    label: Union[int, float]
+    text_b: str | None
+    label: int | float
     guid: str
 
 
@@ -66,15 +72,15 @@ class GlueTask:
     """
 
     name: str
-    text_columns: Tuple[Column, ...]
+    text_columns: tuple[Column, ...]
     label_column: Column
-    labels: Tuple[str, ...]
-    label_names: Tuple[str, ...]
-    metrics: Tuple[str, ...]
+    labels: tuple[str, ...]
+    label_names: tuple[str, ...]
+    metrics: tuple[str, ...]
     main_metric: str
     splits: Mapping[str, str]
     header: bool = True
-    num_columns: Optional[int] = None
+    num_columns: int | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -92,7 +98,7 @@ _ENTAIL = ("entailment", "not_entailment")
 
 # Main metrics follow the AdaMix / LoRA GLUE tables: Matthews correlation for CoLA, Pearson for
 # STS-B, accuracy for every other task (MRPC and QQP included, although GLUE also reports F1).
-GLUE_TASKS: Dict[str, GlueTask] = {t.name: t for t in (
+GLUE_TASKS: dict[str, GlueTask] = {t.name: t for t in (
     GlueTask("CoLA", (3,), 1, _BINARY, ("unacceptable", "acceptable"),
              ("matthews_correlation",), "matthews_correlation", _TRAIN_DEV,
              header=False, num_columns=4),
@@ -133,7 +139,9 @@ def get_glue_task(name: str) -> GlueTask:
     try:
         return by_key[_key(name)]
     except KeyError:
-        raise ValueError(f"unknown GLUE task {name!r}; expected one of {tuple(GLUE_TASKS)}") from None
+        raise ValueError(
+            f"unknown GLUE task {name!r}; expected one of {tuple(GLUE_TASKS)}"
+        ) from None
 
 
 def _present(base: Path) -> str:
@@ -146,7 +154,7 @@ def _present(base: Path) -> str:
     return ", ".join(found) or "no GLUE task folders"
 
 
-def resolve_glue_file(task: str, split: str, data_dir: Optional[PathLike] = None) -> Path:
+def resolve_glue_file(task: str, split: str, data_dir: PathLike | None = None) -> Path:
     """Path of ``<data_dir>/<TASK>/<split file>`` (``data_dir`` may also be the task folder).
 
     Raises:
@@ -172,7 +180,7 @@ def resolve_glue_file(task: str, split: str, data_dir: Optional[PathLike] = None
         + f"; {base} holds: {_present(base)}; {spec.name} splits are {dict(spec.splits)}")
 
 
-def _column_index(col: Column, header: Optional[List[str]], path: Path) -> int:
+def _column_index(col: Column, header: list[str] | None, path: Path) -> int:
     if isinstance(col, int):
         return col
     assert header is not None
@@ -181,7 +189,7 @@ def _column_index(col: Column, header: Optional[List[str]], path: Path) -> int:
     return header.index(col)
 
 
-def read_glue(task: str, split: str, data_dir: Optional[PathLike] = None) -> List[NluExample]:
+def read_glue(task: str, split: str, data_dir: PathLike | None = None) -> list[NluExample]:
     """Read one GLUE split into :class:`NluExample` records (file order; ``guid`` = ``split-i``).
 
     Rows are split on tabs with no quote handling (``csv.QUOTE_NONE``, as the HF ``glue`` loader
@@ -203,7 +211,7 @@ def read_glue(task: str, split: str, data_dir: Optional[PathLike] = None) -> Lis
     spec = get_glue_task(task)
     path = resolve_glue_file(task, split, data_dir)
     split = _SPLIT_ALIASES.get(split.lower(), split.lower())
-    examples: List[NluExample] = []
+    examples: list[NluExample] = []
     # utf-8-sig drops the BOM that download_glue_data.py writes before MRPC's header.
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -222,7 +230,7 @@ def read_glue(task: str, split: str, data_dir: Optional[PathLike] = None) -> Lis
                 raise GlueFormatError(f"{where}: expected {width} tab-separated fields "
                                       f"({expected}), got {len(row)}")
             raw = row[label_idx]
-            label: Union[int, float]
+            label: int | float
             if spec.is_regression:
                 try:
                     label = float(raw)
@@ -240,7 +248,7 @@ def read_glue(task: str, split: str, data_dir: Optional[PathLike] = None) -> Lis
 
 def encode_glue(
     examples: Sequence[NluExample], tokenizer: Any, max_seq_len: int = 128
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Tokenize examples for a sequence-classification head.
 
     Pairs are truncated with ``longest_first`` (tokens are dropped from the longer text first),
@@ -265,7 +273,7 @@ def encode_glue(
                     max_length=max_seq_len)
     features = []
     for i, ex in enumerate(examples):
-        feat: Dict[str, Any] = {"input_ids": list(enc["input_ids"][i])}
+        feat: dict[str, Any] = {"input_ids": list(enc["input_ids"][i])}
         if "token_type_ids" in enc:
             feat["token_type_ids"] = list(enc["token_type_ids"][i])
         feat["labels"] = ex.label
@@ -274,8 +282,8 @@ def encode_glue(
 
 
 def collate_nlu(
-    features: Sequence[Mapping[str, Any]], pad_id: int, pad_to_multiple_of: Optional[int] = None
-) -> Dict[str, torch.Tensor]:
+    features: Sequence[Mapping[str, Any]], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad encoded examples to the longest in the batch (dynamic padding).
 
     Args:

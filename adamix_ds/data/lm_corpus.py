@@ -15,9 +15,10 @@ cut into blocks of ``block_size`` tokens (the last partial block is dropped).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from .readers import read_dart, read_e2e, read_webnlg
 
 __all__ = ["CORPUS_SOURCES", "GLUE_TEXT_TASKS", "TextCorpus", "collect_texts", "pack_blocks"]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 CORPUS_SOURCES = ("webnlg", "dart", "glue", "e2e_refs")
 GLUE_TEXT_TASKS = ("CoLA", "SST-2", "MRPC", "RTE", "STS-B")
 _SPLITS = {"train": {"webnlg": "train.json", "dart": "dart-v1.1.1-full-dev.json",
@@ -130,7 +131,7 @@ def collect_texts(data_dir: PathLike, sources: Sequence[str], split: str = "trai
 
 
 def pack_blocks(texts: Iterable[str], tokenizer: Any, block_size: int,
-                order_seed: Optional[int] = 0, max_blocks: Optional[int] = None) -> torch.Tensor:
+                order_seed: int | None = 0, max_blocks: int | None = None) -> torch.Tensor:
     """Token blocks for causal-LM training: (num_blocks, block_size) int64.
 
     Documents are shuffled with ``order_seed`` (``None``: file order), each is followed by the

@@ -1,13 +1,13 @@
 """LM-BFF few-shot splits (Gao et al., 2021) for SST-2, subj and mpqa, with their prompts.
 
-Layout (as LM-BFF's ``generate_k_shot_data.py`` writes it; a copy is in
-``/work/shared/data/glue/LM-BFF-k-shot``): ``<data_dir>/<task>/<k>-<seed>/{train,dev,test}.<ext>``
+Layout (as LM-BFF's ``generate_k_shot_data.py`` writes it):
+``<data_dir>/<task>/<k>-<seed>/{train,dev,test}.<ext>``
 
-| task  | files  | format                                              | test rows |
-|-------|--------|-----------------------------------------------------|-----------|
-| SST-2 | ``.tsv`` | header ``sentence<TAB>label``, no quoting           | 872       |
-| subj  | ``.csv`` | no header, RFC 4180 CSV ``label,sentence`` (quoted when the text has commas) | 2,000 |
-| mpqa  | ``.csv`` | same as subj                                      | 2,000     |
+| task  | files    | format                                                   | test rows |
+|-------|----------|----------------------------------------------------------|-----------|
+| SST-2 | ``.tsv`` | header ``sentence<TAB>label``, no quoting                | 872       |
+| subj  | ``.csv`` | no header, RFC 4180 ``label,sentence`` (quoted if commas) | 2,000     |
+| mpqa  | ``.csv`` | same as subj                                             | 2,000     |
 
 ``train`` and ``dev`` hold ``k`` examples per class (32 rows for k=16); seeds 13, 21, 42, 87, 100.
 Without ``data_dir`` the reader uses the bundled ``assets/glue/LM-BFF-k-shot`` (SST-2, 16-13 only).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
 
 from .glue import GlueFormatError, NluExample
 from .paths import bundled_asset
@@ -25,7 +24,7 @@ from .paths import bundled_asset
 __all__ = ["LMBFF_SEEDS", "LmBffTask", "LMBFF_TASKS", "get_lmbff_task", "resolve_lmbff_file",
            "read_lmbff", "format_prompt"]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
 
 
@@ -45,12 +44,12 @@ class LmBffTask:
     ext: str
     template: str
     lmbff_template: str
-    label_words: Dict[int, str]
+    label_words: dict[int, str]
 
 
 # LM-BFF's manual templates and label words (its run_experiment.sh): ``_`` is a space there and
 # ``*mask*`` directly follows "was", the label word carrying its own leading space (RoBERTa BPE).
-LMBFF_TASKS: Dict[str, LmBffTask] = {t.name: t for t in (
+LMBFF_TASKS: dict[str, LmBffTask] = {t.name: t for t in (
     LmBffTask("SST-2", "tsv", "{sentence} It was {mask}.", "*cls**sent_0*_It_was*mask*.*sep+*",
               {0: "terrible", 1: "great"}),
     LmBffTask("subj", "csv", "{sentence} This is {mask}.", "*cls**sent_0*_This_is*mask*.*sep+*",
@@ -71,7 +70,7 @@ def get_lmbff_task(name: str) -> LmBffTask:
 
 
 def resolve_lmbff_file(task: str, k: int, seed: int, split: str,
-                       data_dir: Optional[PathLike] = None) -> Path:
+                       data_dir: PathLike | None = None) -> Path:
     """Path of ``<data_dir>/<task>/<k>-<seed>/<split>.<ext>``.
 
     ``data_dir`` may also be the folder that holds ``LM-BFF-k-shot/`` (e.g. the GLUE data folder).
@@ -99,7 +98,7 @@ def resolve_lmbff_file(task: str, k: int, seed: int, split: str,
 
 
 def read_lmbff(task: str, k: int = 16, seed: int = 13, split: str = "train",
-               data_dir: Optional[PathLike] = None) -> List[NluExample]:
+               data_dir: PathLike | None = None) -> list[NluExample]:
     """Read one LM-BFF split; labels are ids ``0`` / ``1`` (keys of ``label_words``).
 
     Raises:
@@ -122,7 +121,7 @@ def read_lmbff(task: str, k: int = 16, seed: int = 13, split: str = "train",
             # subj / mpqa were written by pandas: real CSV quoting ("" escapes), no header.
             reader = csv.reader(f)
             label_idx, text_idx = 0, 1
-        examples: List[NluExample] = []
+        examples: list[NluExample] = []
         for row in reader:
             if not row:
                 continue

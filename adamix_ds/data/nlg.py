@@ -1,13 +1,13 @@
 """NLG tasks of the AdaMix GPT-2 experiments (E2E, WebNLG, DART) as ``datasets.Dataset`` objects.
 
-Split files per task, inside ``data_dir`` (a folder laid out like ``/work/shared/data/<task>/`` or
-the reference code's ``examples/NLG/data/...``; ``data_dir/<task>/`` is also looked in):
+Split files per task, inside ``data_dir`` (a folder with one sub-folder per task, or laid out
+like the reference code's ``examples/NLG/data/...``; ``data_dir/<task>/`` is also looked in):
 
-| task   | train                          | valid (alias dev)            | test                          |
-|--------|--------------------------------|------------------------------|-------------------------------|
-| e2e    | ``train.txt``                  | ``valid.txt``                | ``test.txt``                  |
-| webnlg | ``train.json``                 | ``dev.json``                 | ``test.json``                 |
-| dart   | ``dart-v1.1.1-full-train.json`` | ``dart-v1.1.1-full-dev.json`` | ``dart-v1.1.1-full-test.json`` |
+| task   | train                           | valid (alias dev)    | test                |
+|--------|---------------------------------|----------------------|---------------------|
+| e2e    | ``train.txt``                   | ``valid.txt``        | ``test.txt``        |
+| webnlg | ``train.json``                  | ``dev.json``         | ``test.json``       |
+| dart   | ``dart-v1.1.1-full-train.json`` | ``...-full-dev.json`` | ``...-full-test.json`` |
 
 Without ``data_dir``, E2E reads the bundled real sample ``assets/e2e_sample`` (400 / 44 / 43
 lines); WebNLG and DART need a ``data_dir``.
@@ -15,8 +15,9 @@ lines); WebNLG and DART need a ``data_dir``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any
 
 from .encoding import build_example, needs_truncation, tokenize_pairs
 from .paths import bundled_asset
@@ -35,20 +36,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS = ("e2e", "webnlg", "dart")
-SPLIT_FILES: Dict[str, Dict[str, str]] = {
+SPLIT_FILES: dict[str, dict[str, str]] = {
     "e2e": {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
     "webnlg": {"train": "train.json", "valid": "dev.json", "test": "test.json"},
     "dart": {"train": "dart-v1.1.1-full-train.json", "valid": "dart-v1.1.1-full-dev.json",
              "test": "dart-v1.1.1-full-test.json"},
 }
 _SPLIT_ALIASES = {"dev": "valid", "validation": "valid"}
-_READERS: Dict[str, Callable[..., List[Record]]] = {
+_READERS: dict[str, Callable[..., list[Record]]] = {
     "e2e": read_e2e, "webnlg": read_webnlg, "dart": read_dart,
 }
 _BUNDLED_DATA = {"e2e": "e2e_sample"}
 DEFAULT_TOKENIZER = "gpt2_tokenizer"  # under assets/
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def _canonical(task: str, split: str) -> tuple[str, str]:
@@ -63,7 +64,7 @@ def _canonical(task: str, split: str) -> tuple[str, str]:
     return task, split
 
 
-def resolve_split_file(task: str, split: str, data_dir: Optional[PathLike] = None) -> Path:
+def resolve_split_file(task: str, split: str, data_dir: PathLike | None = None) -> Path:
     """Path of a task's split file (table in the module docstring).
 
     Raises:
@@ -74,7 +75,9 @@ def resolve_split_file(task: str, split: str, data_dir: Optional[PathLike] = Non
     name = SPLIT_FILES[task][split]
     if data_dir is None:
         if task not in _BUNDLED_DATA:
-            raise FileNotFoundError(f"no bundled {task} data: pass data_dir (a folder holding {name})")
+            raise FileNotFoundError(
+                f"no bundled {task} data: pass data_dir (a folder holding {name})"
+            )
         return bundled_asset(f"{_BUNDLED_DATA[task]}/{name}")
     base = Path(data_dir)
     candidates = [base / name, base / task / name]
@@ -86,8 +89,8 @@ def resolve_split_file(task: str, split: str, data_dir: Optional[PathLike] = Non
 
 
 def load_nlg_records(
-    task: str, split: str, data_dir: Optional[PathLike] = None, **reader_kwargs: Any
-) -> List[Record]:
+    task: str, split: str, data_dir: PathLike | None = None, **reader_kwargs: Any
+) -> list[Record]:
     """Text records of one split (``read_e2e`` / ``read_webnlg`` / ``read_dart``).
 
     ``reader_kwargs`` go to the reader (WebNLG: ``categories``; WebNLG / DART:
@@ -97,7 +100,7 @@ def load_nlg_records(
     return _READERS[task](resolve_split_file(task, split, data_dir), **reader_kwargs)
 
 
-def tokenizer_source(tokenizer: Optional[str], backbone: str) -> Optional[str]:
+def tokenizer_source(tokenizer: str | None, backbone: str) -> str | None:
     """Where a run's tokenizer comes from: ``tokenizer`` if set, else the backbone's local
     directory when it holds tokenizer files, else ``None`` (the bundled GPT-2 BPE)."""
     if tokenizer:
@@ -108,7 +111,7 @@ def tokenizer_source(tokenizer: Optional[str], backbone: str) -> Optional[str]:
     return None
 
 
-def load_tokenizer(name_or_path: Optional[PathLike] = None) -> Any:
+def load_tokenizer(name_or_path: PathLike | None = None) -> Any:
     """A GPT-2 BPE tokenizer (``transformers.GPT2TokenizerFast``).
 
     Args:
@@ -124,11 +127,11 @@ def load_tokenizer(name_or_path: Optional[PathLike] = None) -> Any:
 def load_nlg_dataset(
     task: str,
     split: str,
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     tokenizer: Any = None,
     max_seq_len: int = 512,
     *,
-    max_examples: Optional[int] = None,
+    max_examples: int | None = None,
     **reader_kwargs: Any,
 ) -> Any:
     """Encoded split as a ``datasets.Dataset`` built in memory from local files.
@@ -155,10 +158,13 @@ def load_nlg_dataset(
         records = records[:max_examples]
     tok = load_tokenizer() if tokenizer is None else tokenizer
     ctx_ids, comp_ids = tokenize_pairs(records, tok)
-    n_cut = sum(needs_truncation(c, p, max_seq_len) for c, p in zip(ctx_ids, comp_ids))
+    n_cut = sum(needs_truncation(c, p, max_seq_len) for c, p in zip(ctx_ids, comp_ids, strict=True))
     if n_cut:
         logger.warning("%s/%s: %d of %d examples exceed max_seq_len=%d and were truncated",
                        task, split, n_cut, len(records), max_seq_len)
-    examples = [build_example(c, p, tok.eos_token_id, max_seq_len) for c, p in zip(ctx_ids, comp_ids)]
+    examples = [
+        build_example(c, p, tok.eos_token_id, max_seq_len)
+        for c, p in zip(ctx_ids, comp_ids, strict=True)
+    ]
     columns = {key: [ex[key] for ex in examples] for key in ("input_ids", "labels", "context_len")}
     return Dataset.from_dict(columns)

@@ -7,7 +7,6 @@ bundled file therefore also accepts an explicit path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 __all__ = ["REPO_ROOT", "ASSETS_DIR", "bundled_asset"]
 
@@ -16,7 +15,7 @@ REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 ASSETS_DIR: Path = REPO_ROOT / "assets"
 
 
-def bundled_asset(path: Union[str, Path] = "") -> Path:
+def bundled_asset(path: str | Path = "") -> Path:
     """Absolute path of a bundled file or folder under ``<repo>/assets``.
 
     Args:

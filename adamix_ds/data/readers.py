@@ -19,8 +19,9 @@ Metadata fields (``category``, ``seen``, ``source``, ``entry``) ride along; the 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any
 
 __all__ = [
     "Record",
@@ -32,8 +33,8 @@ __all__ = [
     "group_references",
 ]
 
-Record = Dict[str, Any]
-PathLike = Union[str, Path]
+Record = dict[str, Any]
+PathLike = str | Path
 
 # WebNLG 2017: the 10 DBpedia categories of train/dev ("seen"); the test set adds 5 unseen ones
 # (Artist, Athlete, CelestialBody, MeanOfTransportation, Politician). Same list as the reference
@@ -90,7 +91,7 @@ def _load_json(path: PathLike, what: str) -> Any:
         raise ValueError(f"{p}: not UTF-8 ({err})") from err
 
 
-def read_e2e(path: PathLike) -> List[Record]:
+def read_e2e(path: PathLike) -> list[Record]:
     """Read an E2E file in the reference code's format, one ``MR||reference`` per line.
 
     Blank lines are skipped (a trailing newline at the end of the file is normal). Context and
@@ -105,7 +106,7 @@ def read_e2e(path: PathLike) -> List[Record]:
             MR or reference.
     """
     p = _check_file(path, "E2E")
-    records: List[Record] = []
+    records: list[Record] = []
     with p.open("r", encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
@@ -125,7 +126,7 @@ def read_e2e(path: PathLike) -> List[Record]:
     return records
 
 
-def _webnlg_entry(entry: Any, index: int, p: Path) -> Dict[str, Any]:
+def _webnlg_entry(entry: Any, index: int, p: Path) -> dict[str, Any]:
     """The inner dict of one ``entries`` item (``{"<id>": {...}}``), validated."""
     if not isinstance(entry, dict) or len(entry) != 1:
         raise ValueError(f"{p}: entries[{index}]: expected a one-key object {{id: entry}}")
@@ -139,10 +140,10 @@ def _webnlg_entry(entry: Any, index: int, p: Path) -> Dict[str, Any]:
 
 def read_webnlg(
     path: PathLike,
-    categories: Optional[Iterable[str]] = None,
+    categories: Iterable[str] | None = None,
     *,
     replace_underscores: bool = False,
-) -> List[Record]:
+) -> list[Record]:
     """Read a WebNLG 2017 JSON file (``{"entries": [{"1": {...}}, {"2": {...}}, ...]}``).
 
     Args:
@@ -163,14 +164,16 @@ def read_webnlg(
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
         raise ValueError(f"{p}: expected a JSON object with an 'entries' list")
     keep = None if categories is None else set(categories)
-    records: List[Record] = []
+    records: list[Record] = []
     for index, entry in enumerate(data["entries"]):
         body = _webnlg_entry(entry, index, p)
         category = body["category"]
         if keep is not None and category not in keep:
             continue
         try:
-            triples = [(t["subject"], t["property"], t["object"]) for t in body["modifiedtripleset"]]
+            triples = [
+                (t["subject"], t["property"], t["object"]) for t in body["modifiedtripleset"]
+            ]
             lexs = [(lex["comment"], lex["lex"]) for lex in body["lexicalisations"]]
         except (KeyError, TypeError) as err:
             raise ValueError(f"{p}: entries[{index}]: malformed triple or lexicalisation "
@@ -184,7 +187,7 @@ def read_webnlg(
     return records
 
 
-def read_dart(path: PathLike, *, replace_underscores: bool = False) -> List[Record]:
+def read_dart(path: PathLike, *, replace_underscores: bool = False) -> list[Record]:
     """Read a DART JSON file (a list of ``{tripleset, annotations[{source, text}], ...}``).
 
     Args:
@@ -203,7 +206,7 @@ def read_dart(path: PathLike, *, replace_underscores: bool = False) -> List[Reco
     data = _load_json(p, "DART")
     if not isinstance(data, list):
         raise ValueError(f"{p}: expected a JSON list of entries")
-    records: List[Record] = []
+    records: list[Record] = []
     for index, entry in enumerate(data):
         try:
             triples = entry["tripleset"]
@@ -212,7 +215,9 @@ def read_dart(path: PathLike, *, replace_underscores: bool = False) -> List[Reco
             raise ValueError(f"{p}: entry {index}: missing or malformed tripleset/annotations "
                              f"({type(err).__name__}: {err})") from err
         if not all(isinstance(t, list) and len(t) == 3 for t in triples):
-            raise ValueError(f"{p}: entry {index}: every triple must be [subject, relation, object]")
+            raise ValueError(
+                f"{p}: entry {index}: every triple must be [subject, relation, object]"
+            )
         context = linearise_triples(triples, lowercase_relation=True,
                                     replace_underscores=replace_underscores)
         for source, text in annotations:
@@ -221,7 +226,7 @@ def read_dart(path: PathLike, *, replace_underscores: bool = False) -> List[Reco
     return records
 
 
-def group_references(records: Iterable[Record]) -> List[Record]:
+def group_references(records: Iterable[Record]) -> list[Record]:
     """Group records by context for multi-reference evaluation.
 
     Returns:
@@ -230,7 +235,7 @@ def group_references(records: Iterable[Record]) -> List[Record]:
         records of that context (e.g. WebNLG ``category`` / ``seen``; DART ``source`` only when
         all references share it).
     """
-    groups: Dict[str, Record] = {}
+    groups: dict[str, Record] = {}
     for rec in records:
         context = rec["context"]
         meta = {k: v for k, v in rec.items() if k not in ("context", "completion")}

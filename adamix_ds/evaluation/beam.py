@@ -22,8 +22,8 @@ one forward (the caller routes segment ``t`` with ensemble member ``t``); the be
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

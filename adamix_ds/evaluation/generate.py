@@ -14,7 +14,8 @@ similar length, and the outputs come back in input order.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from ..config import INFERENCE_MODES
 from ..inject import adamix_layers
 from ..routing import Router
 from .beam import BeamSettings, beam_search
+
+PAPER_BEAM = BeamSettings()  # frozen: one shared default is safe
 
 
 def build_prompt(context_ids: Sequence[int], eos_id: int, max_prompt_tokens: int) -> list[int]:
@@ -34,7 +37,9 @@ def build_prompt(context_ids: Sequence[int], eos_id: int, max_prompt_tokens: int
 def default_prompt_budget(model: nn.Module, settings: BeamSettings) -> int:
     """Longest prompt that leaves room for ``max_new_tokens`` in the position table."""
     config = getattr(model, "config", None)
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    positions = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None
+    )
     if positions is None:
         return 512
     budget = positions - settings.max_new_tokens
@@ -45,7 +50,7 @@ def default_prompt_budget(model: nn.Module, settings: BeamSettings) -> int:
 
 
 @contextlib.contextmanager
-def inference_policy(model: nn.Module, router: Optional[Router], mode: str,
+def inference_policy(model: nn.Module, router: Router | None, mode: str,
                      ensemble_passes: int = 1, route_draw: int = 0) -> Iterator[int]:
     """Route ``model`` with one inference policy; yields the number of ensemble members.
 
@@ -81,7 +86,7 @@ def inference_policy(model: nn.Module, router: Optional[Router], mode: str,
 
 
 def _prompts(model: nn.Module, tokenizer: Any, unique: Sequence[str], settings: BeamSettings,
-             max_prompt_tokens: Optional[int]) -> list[list[int]]:
+             max_prompt_tokens: int | None) -> list[list[int]]:
     """Token ids of BPE(context) + eos for each distinct context, left-cut to the budget."""
     budget = max_prompt_tokens or default_prompt_budget(model, settings)
     ids = tokenizer(list(unique), add_special_tokens=False)["input_ids"] if unique else []
@@ -90,7 +95,7 @@ def _prompts(model: nn.Module, tokenizer: Any, unique: Sequence[str], settings: 
 
 @torch.no_grad()
 def _decode_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]],
-                    settings: BeamSettings, batch_size: int, router: Optional[Router],
+                    settings: BeamSettings, batch_size: int, router: Router | None,
                     inference: str, ensemble_passes: int, route_draw: int) -> list[str]:
     """Beam-decode token prompts; texts come back in the order of ``prompts``."""
     model.eval()
@@ -102,14 +107,14 @@ def _decode_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int
             chunk = order[start:start + batch_size]
             outputs = beam_search(model, [prompts[i] for i in chunk], settings,
                                   pad_id=tokenizer.eos_token_id, members=members)
-            for i, tokens in zip(chunk, outputs):
+            for i, tokens in zip(chunk, outputs, strict=True):
                 texts[i] = tokenizer.decode(tokens).strip()
     return texts
 
 
 def decode_contexts(model: nn.Module, tokenizer: Any, contexts: Sequence[str],
-                    settings: BeamSettings = BeamSettings(), batch_size: int = 16,
-                    max_prompt_tokens: Optional[int] = None, router: Optional[Router] = None,
+                    settings: BeamSettings = PAPER_BEAM, batch_size: int = 16,
+                    max_prompt_tokens: int | None = None, router: Router | None = None,
                     inference: str = "merged", ensemble_passes: int = 1,
                     route_draw: int = 0) -> list[str]:
     """Beam-decode each context (BPE(context) + eos) and return the texts in input order.
@@ -129,9 +134,9 @@ def decode_contexts(model: nn.Module, tokenizer: Any, contexts: Sequence[str],
 
 
 def decode_sharded(model: nn.Module, tokenizer: Any, contexts: Sequence[str], rank: int = 0,
-                   world_size: int = 1, settings: BeamSettings = BeamSettings(),
-                   batch_size: int = 16, max_prompt_tokens: Optional[int] = None,
-                   router: Optional[Router] = None, inference: str = "merged",
+                   world_size: int = 1, settings: BeamSettings = PAPER_BEAM,
+                   batch_size: int = 16, max_prompt_tokens: int | None = None,
+                   router: Router | None = None, inference: str = "merged",
                    ensemble_passes: int = 1, route_draw: int = 0) -> list[str]:
     """:func:`decode_contexts` split over ranks; every rank returns all outputs in input order.
 
@@ -145,7 +150,7 @@ def decode_sharded(model: nn.Module, tokenizer: Any, contexts: Sequence[str], ra
     mine = order[rank::world_size]
     texts = _decode_prompts(model, tokenizer, [prompts[i] for i in mine], settings, batch_size,
                             router, inference, ensemble_passes, route_draw)
-    pairs = list(zip(mine, texts))
+    pairs = list(zip(mine, texts, strict=True))
     if world_size > 1:
         gathered: list[Any] = [None] * world_size
         torch.distributed.all_gather_object(gathered, pairs)

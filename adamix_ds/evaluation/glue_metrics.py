@@ -10,7 +10,8 @@ selection. Metric names are those of the HF ``evaluate`` ``glue`` metric, and ``
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from adamix_ds.data.glue import get_glue_task
 
@@ -21,14 +22,14 @@ __all__ = ["accuracy", "binary_f1", "matthews_corrcoef", "pearson", "spearman", 
 _EXTRA_TASKS = {"subj": ("accuracy",), "mpqa": ("accuracy",)}
 
 
-def _as_list(values: Any, what: str) -> List[Any]:
+def _as_list(values: Any, what: str) -> list[Any]:
     out = values.tolist() if hasattr(values, "tolist") else list(values)
     if out and isinstance(out[0], (list, tuple)):
         raise ValueError(f"{what} must be 1-D (class ids or scores); for logits pass their argmax")
     return out
 
 
-def _pair(predictions: Any, labels: Any) -> tuple[List[Any], List[Any]]:
+def _pair(predictions: Any, labels: Any) -> tuple[list[Any], list[Any]]:
     p, y = _as_list(predictions, "predictions"), _as_list(labels, "labels")
     if len(p) != len(y):
         raise ValueError(f"{len(p)} predictions but {len(y)} labels")
@@ -40,15 +41,15 @@ def _pair(predictions: Any, labels: Any) -> tuple[List[Any], List[Any]]:
 def accuracy(predictions: Any, labels: Any) -> float:
     """Fraction of predictions equal to the label."""
     p, y = _pair(predictions, labels)
-    return sum(int(a == b) for a, b in zip(p, y)) / len(p)
+    return sum(int(a == b) for a, b in zip(p, y, strict=True)) / len(p)
 
 
 def binary_f1(predictions: Any, labels: Any, positive: int = 1) -> float:
     """F1 of the ``positive`` class: ``2 TP / (2 TP + FP + FN)``; 0.0 when TP + FP + FN = 0."""
     p, y = _pair(predictions, labels)
-    tp = sum(1 for a, b in zip(p, y) if a == positive and b == positive)
-    fp = sum(1 for a, b in zip(p, y) if a == positive and b != positive)
-    fn = sum(1 for a, b in zip(p, y) if a != positive and b == positive)
+    tp = sum(1 for a, b in zip(p, y, strict=True) if a == positive and b == positive)
+    fp = sum(1 for a, b in zip(p, y, strict=True) if a == positive and b != positive)
+    fn = sum(1 for a, b in zip(p, y, strict=True) if a != positive and b == positive)
     denom = 2 * tp + fp + fn
     return 2 * tp / denom if denom else 0.0  # no positives anywhere: sklearn's zero_division=0
 
@@ -63,10 +64,10 @@ def matthews_corrcoef(predictions: Any, labels: Any) -> float:
     p, y = _pair(predictions, labels)
     classes = set(p) | set(y)
     s = len(p)
-    c = sum(int(a == b) for a, b in zip(p, y))
+    c = sum(int(a == b) for a, b in zip(p, y, strict=True))
     pk = {k: 0 for k in classes}
     tk = {k: 0 for k in classes}
-    for a, b in zip(p, y):
+    for a, b in zip(p, y, strict=True):
         pk[a] += 1
         tk[b] += 1
     cov_pt = c * s - sum(pk[k] * tk[k] for k in classes)
@@ -91,12 +92,15 @@ def pearson(x: Any, y: Any) -> float:
     sbb = math.fsum(v * v for v in db)
     if saa == 0.0 or sbb == 0.0:
         return 0.0
-    r = math.fsum(u * v for u, v in zip(da, db)) / math.sqrt(saa * sbb)
+    r = math.fsum(u * v for u, v in zip(da, db, strict=True)) / math.sqrt(saa * sbb)
     return max(-1.0, min(1.0, r))  # rounding can step just past +-1
 
 
-def average_ranks(values: Sequence[float]) -> List[float]:
-    """1-based ranks; tied values share the mean of the ranks they span (``[5, 7, 5] -> [1.5, 3, 1.5]``)."""
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; tied values share the mean of the ranks they span.
+
+    ``[5, 7, 5] -> [1.5, 3, 1.5]``.
+    """
     order = sorted(range(len(values)), key=lambda i: values[i])
     ranks = [0.0] * len(values)
     i = 0
@@ -135,8 +139,8 @@ _METRIC_FNS = {
 }
 
 
-def glue_metrics(task: str, predictions: Any, labels: Any) -> Dict[str, float]:
-    """The GLUE metrics of ``task`` (GLUE names as in ``adamix_ds.data.GLUE_TASKS``, or subj / mpqa).
+def glue_metrics(task: str, predictions: Any, labels: Any) -> dict[str, float]:
+    """The GLUE metrics of ``task`` (names as in ``adamix_ds.data.GLUE_TASKS``, or subj / mpqa).
 
     | task                       | keys                                          |
     |----------------------------|-----------------------------------------------|

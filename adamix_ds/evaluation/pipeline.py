@@ -1,17 +1,18 @@
 """Checkpoint -> model for decoding -> outputs on disk -> scores: the pieces the launch scripts use.
 
-A checkpoint is either an AdaMix adaptation directory (``adamix_config.json`` + safetensors, written by the
-trainer or ``adamix-ds merge``; its metadata carries the run's preset, so the backbone, its random
-init seed and the data set are found without flags) or a PEFT export (``adapter_config.json``,
-written by ``adamix-ds export``), which is merged into the backbone.
+A checkpoint is either an AdaMix adaptation directory (``adamix_config.json`` + safetensors,
+written by the trainer or ``adamix-ds merge``; its metadata carries the run's preset, so the
+backbone, its random init seed and the data set are found without flags) or a PEFT export
+(``adapter_config.json``, written by ``adamix-ds export``), which is merged into the backbone.
 """
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,22 +46,22 @@ class DecodingModel:
     """
 
     model: nn.Module
-    router: Optional[Router]
+    router: Router | None
     tokenizer: Any
     preset: dict[str, Any]
-    config: Optional[AdaMixConfig]
+    config: AdaMixConfig | None
     source: str
 
 
-def _tokenizer_for(preset: dict[str, Any], backbone: str, override: Optional[str]) -> Any:
+def _tokenizer_for(preset: dict[str, Any], backbone: str, override: str | None) -> Any:
     """The override, else the run's tokenizer (as the trainer chose it)."""
     return load_tokenizer(override or tokenizer_source(preset.get("tokenizer"), backbone))
 
 
-def load_decoding_model(checkpoint: str | Path, backbone: Optional[str] = None,
-                        init: Optional[str] = None, tokenizer: Optional[str] = None,
-                        merge: bool = True, dtype: Optional[torch.dtype] = None,
-                        device: Optional[torch.device] = None) -> DecodingModel:
+def load_decoding_model(checkpoint: str | Path, backbone: str | None = None,
+                        init: str | None = None, tokenizer: str | None = None,
+                        merge: bool = True, dtype: torch.dtype | None = None,
+                        device: torch.device | None = None) -> DecodingModel:
     """Build the backbone, load the adaptation, and (``merge``) serve the merged experts.
 
     Args:
@@ -100,7 +101,7 @@ def load_decoding_model(checkpoint: str | Path, backbone: Optional[str] = None,
     return result
 
 
-def _load_peft(path: Path, backbone: Optional[str], init: str, tokenizer: Optional[str]
+def _load_peft(path: Path, backbone: str | None, init: str, tokenizer: str | None
                ) -> DecodingModel:
     from peft import PeftConfig, PeftModel
 
@@ -112,7 +113,7 @@ def _load_peft(path: Path, backbone: Optional[str], init: str, tokenizer: Option
     return DecodingModel(model, None, _tokenizer_for({}, base_name, tokenizer), {}, None, "peft")
 
 
-def split_groups(task: str, split: str, data_dir: Optional[str], limit: Optional[int] = None
+def split_groups(task: str, split: str, data_dir: str | None, limit: int | None = None
                 ) -> list[dict[str, Any]]:
     """The unique contexts of a split with their grouped references, in the official order."""
     if task not in TASKS:
@@ -174,7 +175,7 @@ def write_generation(directory: str | Path, task: str, groups: Sequence[dict[str
 
 
 def score_outputs(task: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-                  categories: Optional[Sequence[str]] = None, java: Optional[str] = None,
+                  categories: Sequence[str] | None = None, java: str | None = None,
                   meteor: Any = None) -> dict[str, MetricResult]:
     """Score texts prepared by :func:`scored_texts` with the task's official metrics.
 

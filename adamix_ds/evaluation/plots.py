@@ -3,8 +3,8 @@ merged model's score marked on each metric."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 
 def routing_violin(random_scores: Mapping[str, Sequence[float]], merged: Mapping[str, float],
@@ -24,7 +24,7 @@ def routing_violin(random_scores: Mapping[str, Sequence[float]], merged: Mapping
     if not metrics:
         raise ValueError("routing_violin: no random-routing scores to draw")
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         values = list(random_scores[metric])
         if len(values) > 1 and max(values) > min(values):
             parts = ax.violinplot(values, showextrema=False)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # The paper's E2E result for AdaMix-LoRA on GPT-2 medium (Wang et al. 2022, E2E table), in the
 # paper's scale: BLEU, METEOR and ROUGE-L x 100; NIST and CIDEr as the scorer prints them.

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 class DSConfigError(ValueError):
     """The DeepSpeed config is invalid; the message names the file and the key."""
 
 
-def read_ds_config(path: str | Path, world_size: Optional[int] = None) -> dict[str, Any]:
+def read_ds_config(path: str | Path, world_size: int | None = None) -> dict[str, Any]:
     """Load and validate ``path``; with ``world_size`` also check the batch arithmetic."""
     path = Path(path)
     if not path.is_file():
@@ -45,7 +45,7 @@ def _enabled(config: dict[str, Any], section: str) -> bool:
     return bool(config.get(section, {}).get("enabled", False))
 
 
-def check_ds_config(config: dict[str, Any], source: str, world_size: Optional[int] = None) -> None:
+def check_ds_config(config: dict[str, Any], source: str, world_size: int | None = None) -> None:
     """Raise :class:`DSConfigError` naming ``source`` and the offending keys."""
     def fail(message: str) -> None:
         raise DSConfigError(f"{source}: {message}")

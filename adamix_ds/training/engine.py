@@ -38,12 +38,14 @@ def build_optimizer(model: nn.Module, train: TrainSettings, ds_config: dict[str,
 
 def build_engine(model: nn.Module, train: TrainSettings, ds_config: dict[str, Any],
                  total_steps: int) -> tuple[Any, torch.optim.lr_scheduler.LambdaLR]:
-    """deepspeed.initialize with the preset's optimiser and schedule; the ds_config keeps the rest."""
+    """deepspeed.initialize with the preset's optimiser and schedule; ds_config sets the rest."""
     on_cuda = deepspeed.get_accelerator().device_name() == "cuda"
     optimizer = build_optimizer(model, train, ds_config, on_cuda)
     warmup = (train.warmup_steps if train.warmup_ratio is None
               else math.ceil(train.warmup_ratio * total_steps))  # as HF's get_warmup_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_warmup_decay(warmup, total_steps)
+    )
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
     return engine, scheduler
@@ -59,7 +61,7 @@ def gather_adaptation_state(module: nn.Module, cfg: AdaMixConfig) -> dict[str, t
 
 
 def total_optimizer_steps(batches_per_epoch: int, accumulation: int, train: TrainSettings) -> int:
-    """Optimizer steps of the run: max_steps, or epochs x (micro-batches per epoch / accumulation)."""
+    """Optimizer steps of the run: max_steps, or epochs x micro-batches per epoch / accumulation."""
     if train.max_steps is not None:
         return train.max_steps
     # Round the micro-batch count first: 0.57 * 200 is 113.99999999999999 in binary floating point.

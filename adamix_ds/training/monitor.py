@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -20,7 +20,7 @@ class TrainMonitor:
         self.enabled, self.engine = enabled, engine
         self.path = output_dir / "train_log.csv"
         self.start = time.perf_counter()
-        self._bar: Optional[tqdm] = None
+        self._bar: tqdm | None = None
         if enabled:
             fresh = not self.path.exists() or start_step == 0
             self._file = open(self.path, "w" if fresh else "a", newline="")
@@ -46,7 +46,7 @@ class TrainMonitor:
         if self._bar is not None:
             self._bar.update(steps)
 
-    def close(self) -> Optional[Path]:
+    def close(self) -> Path | None:
         """Close the log and draw the loss curve; returns the PNG path (rank 0)."""
         if not self.enabled:
             return None
@@ -55,7 +55,7 @@ class TrainMonitor:
         return plot_loss_curve(self.path, self.path.with_name("loss_curve.png"))
 
 
-def plot_loss_curve(csv_path: Path, png_path: Path) -> Optional[Path]:
+def plot_loss_curve(csv_path: Path, png_path: Path) -> Path | None:
     """Loss, task loss and consistency term against the optimizer step."""
     import matplotlib
     matplotlib.use("Agg")  # no display on training nodes

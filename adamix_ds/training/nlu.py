@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +23,17 @@ from torch import nn
 from ..backbones import load_backbone, load_config
 from ..checkpoint import load_adaptation, read_adaptation_config
 from ..config import INFERENCE_MODES
-from ..data import (LMBFF_TASKS, NluExample, collate_nlu, encode_glue, format_prompt,
-                    get_glue_task, get_lmbff_task, read_glue, read_lmbff)
+from ..data import (
+    LMBFF_TASKS,
+    NluExample,
+    collate_nlu,
+    encode_glue,
+    format_prompt,
+    get_glue_task,
+    get_lmbff_task,
+    read_glue,
+    read_lmbff,
+)
 from ..evaluation.glue_metrics import glue_metrics, main_metric
 from ..evaluation.report import atomic_write_text
 from ..inject import inject_adamix
@@ -48,10 +58,10 @@ class NluSetup:
     num_labels: int                    # 1 = regression
     eval_split: str
     tokenizer: Any
-    word_ids: Optional[list[int]] = None
+    word_ids: list[int] | None = None
 
     @property
-    def mask_token_id(self) -> Optional[int]:
+    def mask_token_id(self) -> int | None:
         return self.tokenizer.mask_token_id if self.prompt else None
 
     def read(self, preset: Preset, split: str) -> list[NluExample]:
@@ -122,7 +132,7 @@ def training_examples(preset: Preset, setup: NluSetup) -> list[NluExample]:
     return examples
 
 
-def evaluate_policies(model: nn.Module, router: Optional[Router], setup: NluSetup,
+def evaluate_policies(model: nn.Module, router: Router | None, setup: NluSetup,
                       features: Sequence[dict[str, Any]], policies: Sequence[str],
                       ensemble_passes: int, batch_size: int = 64) -> dict[str, dict[str, float]]:
     """Metrics of each inference policy on encoded examples (length-sorted batches)."""
@@ -144,10 +154,12 @@ def write_eval(output_dir: Path, split: str, task: str, results: dict[str, dict[
     """``eval_<split>.json``, written atomically."""
     payload = {"task": task, "split": split, "main_metric": main_metric(task),
                "policies": results, **extra}
-    return atomic_write_text(output_dir / f"eval_{split}.json", json.dumps(payload, indent=2) + "\n")
+    return atomic_write_text(
+        output_dir / f"eval_{split}.json", json.dumps(payload, indent=2) + "\n"
+    )
 
 
-def score_run(loaded: "NluModel", policies: Sequence[str], output_dir: Path
+def score_run(loaded: NluModel, policies: Sequence[str], output_dir: Path
               ) -> tuple[dict[str, dict[str, float]], Path]:
     """Score a rebuilt run on its eval split under ``policies``; write ``eval_<split>.json``."""
     setup, preset = loaded.setup, loaded.preset
@@ -197,7 +209,7 @@ class NluModel:
     preset: Preset
 
 
-def load_nlu_model(adaptation_dir: str | Path, device: Optional[torch.device] = None) -> NluModel:
+def load_nlu_model(adaptation_dir: str | Path, device: torch.device | None = None) -> NluModel:
     """Rebuild a run's model from its adaptation export (the mixture: every policy works)."""
     path = Path(adaptation_dir)
     cfg, meta = read_adaptation_config(path)

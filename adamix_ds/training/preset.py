@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -22,18 +22,18 @@ class TrainSettings:
     """Optimiser, schedule and loop settings (the ds_config owns batch, precision and ZeRO)."""
 
     epochs: float = 1.0
-    max_steps: Optional[int] = None          # optimizer steps; overrides epochs when set
+    max_steps: int | None = None          # optimizer steps; overrides epochs when set
     lr: float = 2e-4
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
-    warmup_ratio: Optional[float] = None     # fraction of all steps; replaces warmup_steps
+    warmup_ratio: float | None = None     # fraction of all steps; replaces warmup_steps
     label_smoothing: float = 0.1
     consistency: str = "paired"
     fused_loss: bool = False                 # loss from hidden states in chunks (no full logits)
     seed: int = 110
     log_every: int = 10
-    save_every: Optional[int] = None         # optimizer steps between resumable checkpoints
+    save_every: int | None = None         # optimizer steps between resumable checkpoints
     keep_checkpoints: int = 2
     route_check_every: int = 100             # cross-rank route digest check (0 = never)
     sample_after: int = 0                    # decode this many test inputs at the end (rank 0)
@@ -60,18 +60,18 @@ class Preset:
     backbone: str = "gpt2-medium"
     init: str = "pretrained"
     backbone_config: dict[str, Any] = field(default_factory=dict)  # overrides for init=random
-    tokenizer: Optional[str] = None          # default: the backbone dir, else the bundled BPE
+    tokenizer: str | None = None          # default: the backbone dir, else the bundled BPE
     task: str = "e2e"
-    data_dir: Optional[str] = None           # default: the bundled E2E sample
+    data_dir: str | None = None           # default: the bundled E2E sample
     max_seq_len: int = 512
-    max_train_examples: Optional[int] = None  # NLG: the first N; NLU: a fixed seeded subset
-    lmbff_seed: Optional[int] = None         # NLU: prompt-based few-shot on this LM-BFF split
+    max_train_examples: int | None = None  # NLG: the first N; NLU: a fixed seeded subset
+    lmbff_seed: int | None = None         # NLU: prompt-based few-shot on this LM-BFF split
     lmbff_k: int = 16                        # examples per class of the LM-BFF split
     adamix: AdaMixConfig = field(default_factory=AdaMixConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str) -> "Preset":
+    def from_dict(cls, values: dict[str, Any], source: str) -> Preset:
         values = dict(values)
         _reject_unknown(cls, values, source)
         try:
@@ -83,7 +83,7 @@ class Preset:
             raise ConfigError(f"{source}: {err}") from err
 
     @classmethod
-    def load(cls, path: str | Path) -> "Preset":
+    def load(cls, path: str | Path) -> Preset:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--preset {path}: no such file")
@@ -110,7 +110,7 @@ def _reject_unknown(cls: type, values: dict[str, Any], source: str) -> None:
 
 
 # flag -> (section or None, key, type): the preset values the training launchers can override
-Overrides = dict[str, tuple[Optional[str], str, type]]
+Overrides = dict[str, tuple[str | None, str, type]]
 
 
 def add_override_flags(parser: Any, overrides: Overrides) -> None:

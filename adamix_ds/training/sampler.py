@@ -7,8 +7,8 @@ integers (epoch, batches done) that a checkpoint can store and a resume can skip
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

@@ -14,14 +14,14 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch.distributed as dist
 
 LATEST = "latest"  # DeepSpeed's own pointer file name, so engine.load_checkpoint(dir) works too
 
 
-def latest_tag(directory: str | Path) -> Optional[str]:
+def latest_tag(directory: str | Path) -> str | None:
     path = Path(directory) / LATEST
     return path.read_text().strip() if path.is_file() else None
 
@@ -47,7 +47,7 @@ def save_checkpoint(engine: Any, directory: str | Path, step: int, client_state:
     return tag
 
 
-def load_checkpoint(engine: Any, directory: str | Path) -> Optional[dict[str, Any]]:
+def load_checkpoint(engine: Any, directory: str | Path) -> dict[str, Any] | None:
     """Load the latest complete checkpoint; None if there is none."""
     tag = latest_tag(directory)
     if tag is None:
@@ -68,7 +68,7 @@ class PreemptionFlag:
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
-        self.received: Optional[int] = None
+        self.received: int | None = None
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum: int, frame: object) -> None:

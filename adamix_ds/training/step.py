@@ -9,15 +9,17 @@ two passes, with the same loss and gradients when dropout is off:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from kernels.fused_lm_loss import fused_adamix_lm_loss  # pure torch (no triton)
+
 from ..config import AdaMixConfig
 from ..losses import AdaMixLossOutput, adamix_loss
 from ..routing import Router
-from kernels.fused_lm_loss import fused_adamix_lm_loss  # pure torch (no triton)
 
 CONSISTENCY_MODES = ("paired", "sequential", "off")
 
@@ -50,7 +52,9 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
             its weight readable here (ZeRO stage <= 2; a frozen head gets no gradient anyway).
     """
     if consistency not in CONSISTENCY_MODES:
-        raise ValueError(f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}")
+        raise ValueError(
+            f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}"
+        )
     if fused_loss:
         body, head_weight = _hidden_and_head(model)
 

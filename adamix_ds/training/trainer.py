@@ -1,4 +1,4 @@
-"""The training run shared by every task family: data -> backbone + AdaMix -> engine -> loop -> exports.
+"""The training run every task family shares: data -> backbone + AdaMix -> engine -> loop -> export.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches; each micro-batch is one
 routed forward (both passes, :class:`TrainTask.forward`), ``engine.backward``, ``engine.step``
@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import deepspeed
 import torch
@@ -54,7 +55,7 @@ class TrainTask:
     collate: Callable[[list[Any]], dict[str, torch.Tensor]]
     count_targets: Callable[[dict[str, torch.Tensor]], int]
     forward: Callable[[Any, dict[str, torch.Tensor], Router, float], AdaMixLossOutput]
-    finish: Optional[Callable[[Path], None]] = None
+    finish: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -155,7 +156,7 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
     monitor = TrainMonitor(output_dir, total_steps, step, engine, enabled=rank == 0)
     flag = PreemptionFlag()
     sums, logged, micro_in_step, status = [0.0] * 5, [], 0, "finished"
-    saved_step: Optional[int] = None  # the final save is skipped when this step is already saved
+    saved_step: int | None = None  # the final save is skipped when this step is already saved
     tick = time.perf_counter()
 
     def state() -> dict[str, Any]:
@@ -180,8 +181,20 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
                 position["batch"] += 1
                 micro_in_step += 1
                 tokens = float(batch["attention_mask"].sum())
-                sums = [s + v for s, v in zip(sums, (out.loss.item(), out.task_loss.item(),
-                                                       out.consistency.item(), 1.0, tokens))]
+                sums = [
+                    s + v
+                    for s, v in zip(
+                        sums,
+                        (
+                            out.loss.item(),
+                            out.task_loss.item(),
+                            out.consistency.item(),
+                            1.0,
+                            tokens,
+                        ),
+                        strict=True,
+                    )
+                ]
                 if micro_in_step < accumulation:
                     continue
                 micro_in_step = 0
@@ -240,8 +253,12 @@ def print_samples(preset: Preset, adaptation_dir: Path, tokenizer: Any, count: i
     groups = group_references(load_nlg_records(preset.task, "test", preset.data_dir))[:count]
     outputs = decode_contexts(model, tokenizer, [g["context"] for g in groups])
     print("\nMerged AdaMix model on test inputs:")
-    for group, text in zip(groups, outputs):
+    for group, text in zip(groups, outputs, strict=True):
         # An undertrained model may rank the stop token first: say so rather than print nothing.
-        shown = text or "(empty: the model stops at once; train longer or use a pretrained backbone)"
-        print(f"  input : {group['context']}\n  output: {shown}\n  ref   : {group['references'][0]}\n")
+        shown = (
+            text or "(empty: the model stops at once; train longer or use a pretrained backbone)"
+        )
+        print(
+            f"  input : {group['context']}\n  output: {shown}\n  ref   : {group['references'][0]}\n"
+        )
     return outputs

@@ -30,7 +30,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
@@ -70,7 +69,7 @@ EXACT_RTOL = 1e-6  # same world size and batch shapes (mpirun vs launcher, resum
 @dataclass
 class Run:
     name: str
-    rc: Optional[int]
+    rc: int | None
     output: str
     out_dir: Path
     seconds: float
@@ -181,7 +180,7 @@ class Ranks:
 
     def output(self) -> str:
         return "\n".join(f"--- rank {r} (rc={p.poll()}) ---\n{log.read_text()}"
-                         for r, (p, log) in enumerate(zip(self.procs, self.logs)))
+                         for r, (p, log) in enumerate(zip(self.procs, self.logs, strict=True)))
 
     def result(self) -> Run:
         codes = [p.poll() for p in self.procs]
@@ -239,7 +238,7 @@ def assert_rows_close(actual: list[dict[str, float]], expected: list[dict[str, f
                       rtol: float, context: str,
                       keys: tuple[str, ...] = ("loss", "task_loss", "consistency", "lr")) -> None:
     assert steps_of(actual) == steps_of(expected), context
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         for key in keys:
             # consistency starts at exactly 0 (B = 0, no dropout): allow float32 noise there.
             atol = 1e-9 if key == "consistency" else 0.0
@@ -614,7 +613,7 @@ def bad_input_runs(root, ds_config) -> dict[str, tuple[Run, list[str]]]:
         flags, expected = make(case_dir)
         out = case_dir / "run"
         args = train_args(ds_config(0, 2), TINY, out)
-        for flag, value in zip(flags[::2], flags[1::2]):  # replace or append
+        for flag, value in zip(flags[::2], flags[1::2], strict=True):  # replace or append
             if flag in args:
                 args[args.index(flag) + 1] = value
             else:

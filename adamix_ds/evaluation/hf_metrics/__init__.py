@@ -15,8 +15,9 @@ finds in the script's namespace).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any
 
 from ..metrics.base import MetricResult
 
@@ -49,7 +50,7 @@ def text_metric_info(description: str, citation: str, inputs_description: str,
         reference_urls=reference_urls)
 
 
-def flatten_results(results: Mapping[str, MetricResult], strict: bool = True) -> Dict[str, Any]:
+def flatten_results(results: Mapping[str, MetricResult], strict: bool = True) -> dict[str, Any]:
     """One flat dict of scores, as ``evaluate`` modules return them: the ``all`` subset's metrics
     under their own names, other subsets' as ``<subset>_<metric>`` (e.g. ``seen_BLEU``).
 
@@ -61,14 +62,14 @@ def flatten_results(results: Mapping[str, MetricResult], strict: bool = True) ->
     Raises:
         RuntimeError: (``strict``) naming each missing metric and why.
     """
-    scores: Dict[str, Any] = {}
-    errors: Dict[str, str] = {}
+    scores: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for subset, result in results.items():
         prefix = "" if subset == "all" else f"{subset}_"
         scores.update({prefix + m: v for m, v in result.scores.items()})
         errors.update({prefix + m: e for m, e in result.errors.items()})
     if errors and strict:
-        by_cause: Dict[str, list] = {}
+        by_cause: dict[str, list] = {}
         for key, cause in errors.items():
             by_cause.setdefault(cause, []).append(key)
         detail = "; ".join(f"{', '.join(keys)}: {cause}" for cause, keys in by_cause.items())

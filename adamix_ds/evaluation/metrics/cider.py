@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
-NGram = Tuple[str, ...]
+NGram = tuple[str, ...]
 
 
 def _ngrams(sentence: str, n: int) -> Counter:
@@ -31,7 +31,7 @@ def _ngrams(sentence: str, n: int) -> Counter:
 
 
 def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: int = 4,
-            sigma: float = 6.0) -> Tuple[float, List[float]]:
+            sigma: float = 6.0) -> tuple[float, list[float]]:
     """Corpus CIDEr-D (x10 scale) of tokenized ``hypotheses[i]`` against ``references[i]``, and
     the per-instance values."""
     if len(hypotheses) != len(references):
@@ -47,9 +47,9 @@ def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: i
         doc_freq.update(set(g for ref in refs for g in ref))
     log_n = math.log(float(len(ref_counts)))
 
-    def tfidf(counts: Counter) -> Tuple[List[Dict[NGram, float]], List[float], int]:
+    def tfidf(counts: Counter) -> tuple[list[dict[NGram, float]], list[float], int]:
         """Per-order tf-idf vectors, their norms, and the bigram count (COCO's "length")."""
-        vec: List[Dict[NGram, float]] = [{} for _ in range(n)]
+        vec: list[dict[NGram, float]] = [{} for _ in range(n)]
         norm = [0.0] * n
         length = 0
         for gram, tf in counts.items():
@@ -62,7 +62,7 @@ def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: i
 
     penalty_scale = 2 * sigma ** 2
     scores = []
-    for hyp, refs in zip(hyp_counts, ref_counts):
+    for hyp, refs in zip(hyp_counts, ref_counts, strict=True):
         h_vec, h_norm, h_len = tfidf(hyp)
         total = [0.0] * n
         for ref in refs:

@@ -13,8 +13,8 @@ line, blank lines included (an empty output).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
 
 from .base import MetricResult
 from .cider import cider_d
@@ -24,14 +24,14 @@ from .mteval import BleuAccumulator, NistAccumulator, mteval_tokenize
 from .ptb import PTBTokenizerError, ptb_tokenize
 from .rouge import rouge_l
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 _JAVA_METRICS = ("METEOR", "ROUGE_L", "CIDEr")  # computed on the PTB tokenizer's output
 _TABULAR = re.compile(r"\.[ct]sv$", re.I)  # the official script reads these as CSV / TSV
 
 
-def _read_lines(path: PathLike, what: str) -> List[str]:
+def _read_lines(path: PathLike, what: str) -> list[str]:
     """The stripped lines of a UTF-8 text file, split like the official script splits them."""
     p = Path(path)
     if _TABULAR.search(str(p)):
@@ -49,7 +49,7 @@ def _read_lines(path: PathLike, what: str) -> List[str]:
     return [line.strip() for line in text.splitlines()]
 
 
-def read_references(path: PathLike) -> List[List[str]]:
+def read_references(path: PathLike) -> list[list[str]]:
     """Reference groups of a plain-text E2E reference file, one group per instance.
 
     Groups are consecutive non-blank lines separated by one blank line; a trailing blank line is
@@ -62,7 +62,7 @@ def read_references(path: PathLike) -> List[List[str]]:
             row, or a blank first line), naming the file and line.
     """
     p = Path(path)
-    groups: List[List[str]] = [[]]
+    groups: list[list[str]] = [[]]
     starts = [1]  # 1-based line where each group starts
     for lineno, line in enumerate(_read_lines(p, "reference"), start=1):
         if line:
@@ -84,7 +84,7 @@ def read_references(path: PathLike) -> List[List[str]]:
     return groups
 
 
-def read_hypotheses(path: PathLike) -> List[str]:
+def read_hypotheses(path: PathLike) -> list[str]:
     """System outputs of a plain-text file, one per line (stripped; a blank line is an empty
     output).
 
@@ -99,7 +99,7 @@ def read_hypotheses(path: PathLike) -> List[str]:
 
 
 def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
-                  ) -> Tuple[List[str], List[List[str]]]:
+                  ) -> tuple[list[str], list[list[str]]]:
     """Lists of outputs and reference groups (a bare string is a group of one), checked."""
     if isinstance(hypotheses, str):
         raise TypeError("hypotheses must be a sequence of strings, not one string")
@@ -121,10 +121,10 @@ def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     return hyps, refs
 
 
-def _mteval(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> Tuple[float, float]:
+def _mteval(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[float, float]:
     """BLEU and NIST of the raw strings (each sentence tokenized once for both)."""
     bleu, nist = BleuAccumulator(), NistAccumulator()
-    for hyp, group in zip(hyps, refs):
+    for hyp, group in zip(hyps, refs, strict=True):
         hyp_tokens = mteval_tokenize(hyp)
         ref_tokens = [mteval_tokenize(r) for r in group]
         bleu.add(hyp_tokens, ref_tokens)
@@ -133,7 +133,7 @@ def _mteval(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> Tuple[float, 
 
 
 def score_e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-              java: Optional[str] = None, *, meteor: Optional[Meteor15] = None) -> MetricResult:
+              java: str | None = None, *, meteor: Meteor15 | None = None) -> MetricResult:
     """The official E2E scores of ``hypotheses[i]`` against the group ``references[i]``.
 
     Args:
@@ -158,8 +158,8 @@ def score_e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
     """
     hyps, refs = _check_inputs(hypotheses, references)
     result = MetricResult()
-    own_meteor: Optional[Meteor15] = None
-    java_exe: Optional[str] = None
+    own_meteor: Meteor15 | None = None
+    java_exe: str | None = None
     try:
         java_exe = find_java(java)
         if meteor is None:
@@ -182,7 +182,7 @@ def score_e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
     return result
 
 
-def _coco_scores(hyps: List[str], refs: List[List[str]], java: str, meteor: Optional[Meteor15],
+def _coco_scores(hyps: list[str], refs: list[list[str]], java: str, meteor: Meteor15 | None,
                  result: MetricResult) -> None:
     """METEOR, ROUGE_L and CIDEr on PTB-tokenized text, into ``result``."""
     flat_refs = [r for group in refs for r in group]
@@ -207,7 +207,7 @@ def _coco_scores(hyps: List[str], refs: List[List[str]], java: str, meteor: Opti
 
 
 def score_e2e_files(hypotheses_path: PathLike, references_path: PathLike,
-                    java: Optional[str] = None, *, meteor: Optional[Meteor15] = None
+                    java: str | None = None, *, meteor: Meteor15 | None = None
                     ) -> MetricResult:
     """:func:`score_e2e` of a system output file against a reference file (see
     :func:`read_hypotheses`, :func:`read_references`).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 JAVA_ENV = "ADAMIX_JAVA"
 
@@ -14,7 +13,7 @@ class JavaNotFoundError(RuntimeError):
     """No usable ``java`` executable: METEOR and the PTB tokenizer cannot run."""
 
 
-def find_java(java: Optional[str] = None) -> str:
+def find_java(java: str | None = None) -> str:
     """The java executable to run: ``java`` if given, else ``$ADAMIX_JAVA``, else ``java`` on PATH.
 
     Raises:
@@ -47,4 +46,6 @@ def pycocoevalcap_jar(relative: str) -> Path:
         path = Path(root) / relative
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{relative} not found in pycocoevalcap at {list(pycocoevalcap.__path__)}")
+    raise FileNotFoundError(
+        f"{relative} not found in pycocoevalcap at {list(pycocoevalcap.__path__)}"
+    )

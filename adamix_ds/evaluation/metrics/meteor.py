@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from .java import find_java, pycocoevalcap_jar
 
@@ -38,7 +38,7 @@ class Meteor15:
         FileNotFoundError: the jar is missing.
     """
 
-    def __init__(self, java: Optional[str] = None):
+    def __init__(self, java: str | None = None):
         exe = find_java(java)
         jar = pycocoevalcap_jar(METEOR_JAR)
         self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would block Java
@@ -47,7 +47,7 @@ class Meteor15:
                                        "en", "-norm"], cwd=jar.parent, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._stderr)
 
-    def __enter__(self) -> "Meteor15":
+    def __enter__(self) -> Meteor15:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -91,7 +91,7 @@ class Meteor15:
         self._proc.stdin.flush()
 
     def score(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]
-              ) -> Tuple[float, List[float]]:
+              ) -> tuple[float, list[float]]:
         """METEOR of tokenized ``hypotheses[i]`` against tokenized ``references[i]``.
 
         Returns:
@@ -107,8 +107,8 @@ class Meteor15:
             raise ValueError("no hypotheses to score")
         if any(not refs for refs in references):
             raise ValueError("every hypothesis needs at least one reference")
-        requests = [score_line(h, refs) for h, refs in zip(hypotheses, references)]
-        write_error: List[BaseException] = []
+        requests = [score_line(h, refs) for h, refs in zip(hypotheses, references, strict=True)]
+        write_error: list[BaseException] = []
 
         def write_all() -> None:  # a thread, so that neither side blocks on a full pipe
             try:
@@ -137,7 +137,7 @@ class Meteor15:
 
 
 def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-           java: Optional[str] = None) -> Tuple[float, List[float]]:
+           java: str | None = None) -> tuple[float, list[float]]:
     """Corpus METEOR 1.5 (and per-instance scores) with a process of its own."""
     with Meteor15(java) as scorer:
         return scorer.score(hypotheses, references)

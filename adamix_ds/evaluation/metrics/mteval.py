@@ -31,11 +31,11 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Dict, List, Sequence, Tuple, Union
+from collections.abc import Sequence
 
-Tokens = List[str]
-Sentence = Union[str, Sequence[str]]  # raw text, or tokens already produced by mteval_tokenize
-NGram = Tuple[str, ...]
+Tokens = list[str]
+Sentence = str | Sequence[str]  # raw text, or tokens already produced by mteval_tokenize
+NGram = tuple[str, ...]
 
 # mteval-v13a's language-dependent tokenization (Western languages), in its order:
 # punctuation and symbols: { | } ~  [ \ ] ^ _ `  space ! " # $ % &  ( ) * +  : ; < = > ? @  /
@@ -80,9 +80,9 @@ def ngram_counts(tokens: Sequence[str], n: int, case_sensitive: bool = False) ->
     return Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
 
-def _max_reference_counts(references: Sequence[Tokens], n: int, case_sensitive: bool) -> Dict:
+def _max_reference_counts(references: Sequence[Tokens], n: int, case_sensitive: bool) -> dict:
     """For each n-gram, its largest count in any one reference (the BLEU / NIST clipping bound)."""
-    merged: Dict[NGram, int] = {}
+    merged: dict[NGram, int] = {}
     for ref in references:
         for gram, count in ngram_counts(ref, n, case_sensitive).items():
             if count > merged.get(gram, 0):
@@ -139,7 +139,7 @@ class BleuAccumulator:
         if hyp_len <= self.ref_len:
             bp = math.exp(1.0 - self.ref_len / (float(hyp_len) if hyp_len else 1e-5))
         log_sum = 0.0
-        for matches, total in zip(self.matches, self.hyp_totals):
+        for matches, total in zip(self.matches, self.hyp_totals, strict=True):
             matches = max(matches + self.smoothing, self.TINY)
             total = max(total + self.smoothing, self.SMALL)
             log_sum += math.log(matches / total)
@@ -164,8 +164,8 @@ class NistAccumulator:
         """Forget all instances added so far."""
         # reference n-gram counts over all references, index n = 0..max_ngram (0: the empty
         # n-gram, whose count is the number of reference tokens)
-        self.ref_counts: List[Counter] = [Counter() for _ in range(self.max_ngram + 1)]
-        self.matched: List[List[Dict[NGram, int]]] = [[] for _ in range(self.max_ngram)]
+        self.ref_counts: list[Counter] = [Counter() for _ in range(self.max_ngram + 1)]
+        self.matched: list[list[dict[NGram, int]]] = [[] for _ in range(self.max_ngram)]
         self.hyp_totals = [0] * self.max_ngram  # L - n + 1 per instance, may be negative
         self.avg_ref_len = 0.0  # sum over instances of the mean reference length
 
@@ -226,7 +226,7 @@ def _accumulate(acc, hypotheses: Sequence[Sentence], references: Sequence[Sequen
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference groups")
     if not hypotheses:
         raise ValueError("no hypotheses to score")
-    for hyp, refs in zip(hypotheses, references):
+    for hyp, refs in zip(hypotheses, references, strict=True):
         acc.add(hyp, refs)
     return acc.score()
 

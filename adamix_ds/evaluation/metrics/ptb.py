@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from .java import find_java, pycocoevalcap_jar
 
@@ -40,8 +40,8 @@ def _filter_punctuation(line: str) -> str:
     return " ".join(tok for tok in line.rstrip().split(" ") if tok not in PUNCTUATIONS)
 
 
-def ptb_tokenize(blocks: Sequence[Sequence[str]], java: Optional[str] = None,
-                 timeout: Optional[float] = None) -> List[List[str]]:
+def ptb_tokenize(blocks: Sequence[Sequence[str]], java: str | None = None,
+                 timeout: float | None = None) -> list[list[str]]:
     """Tokenize sentences as the COCO caption evaluator does, one Java run for all ``blocks``.
 
     Args:
@@ -76,8 +76,7 @@ def ptb_tokenize(blocks: Sequence[Sequence[str]], java: Optional[str] = None,
         cmd = [exe, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
                "-lowerCase", "-ioFileList", listing.name]
         try:
-            proc = subprocess.run(cmd, cwd=tmpdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  timeout=timeout)
+            proc = subprocess.run(cmd, cwd=tmpdir, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired as err:
             raise PTBTokenizerError(
                 f"PTB tokenizer ({jar.name}) timed out after {timeout} s") from err

@@ -9,7 +9,7 @@ sentence is one empty token).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,11 +53,13 @@ def rouge_l_sentence(candidate: str, references: Sequence[str], beta: float = 1.
 
 
 def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2
-            ) -> Tuple[float, List[float]]:
+            ) -> tuple[float, list[float]]:
     """Mean ROUGE-L F over the instances, and the per-instance values."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference groups")
     if not hypotheses:
         raise ValueError("no hypotheses to score")
-    scores = [rouge_l_sentence(h, refs, beta) for h, refs in zip(hypotheses, references)]
+    scores = [
+        rouge_l_sentence(h, refs, beta) for h, refs in zip(hypotheses, references, strict=True)
+    ]
     return float(np.mean(np.array(scores))), scores

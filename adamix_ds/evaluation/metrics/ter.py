@@ -3,7 +3,7 @@
 instance's references, averaged over instances (0-1 scale; a sentence can exceed 1)."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def _edit_distances(candidates: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return rows[:, -1]
 
 
-def _shift_candidates(words: List[int], ref: List[int]) -> List[tuple]:
+def _shift_candidates(words: list[int], ref: list[int]) -> list[tuple]:
     """pyter's candidate shifts, distinct: for every i != j with words[i] == ref[j], the maximal
     run words[i:i+L] == ref[j:j+L] moved to start at index j of the remaining words."""
     out = {}
@@ -75,19 +75,19 @@ def sentence_ter(hypothesis: Sequence[str], reference: Sequence[str]) -> float:
         best_after = int(after.min())
         if best_after >= distance:
             break
-        words = list(max(c for c, d in zip(candidates, after) if d == best_after))
+        words = list(max(c for c, d in zip(candidates, after, strict=True) if d == best_after))
         distance = best_after
         shifts += 1
     return (shifts + distance) / len(ref_list)
 
 
 def generation_eval_ter(hypotheses_tok: Sequence[str],
-                        references_tok: Sequence[Sequence[str]]) -> List[float]:
+                        references_tok: Sequence[Sequence[str]]) -> list[float]:
     """Per-instance TER as ``eval.py``'s ``ter_score``: min over references of pyter's TER on the
     whitespace-split tokenised texts, 1.0 for an empty reference. Average it for the corpus."""
-    cache: Dict[tuple, float] = {}
+    cache: dict[tuple, float] = {}
     scores = []
-    for hyp, refs in zip(hypotheses_tok, references_tok):
+    for hyp, refs in zip(hypotheses_tok, references_tok, strict=True):
         candidates = []
         for ref in refs:
             key = (hyp, ref)

@@ -44,10 +44,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
-
 
 from ...data.readers import SEEN_WEBNLG_CATEGORIES
 from .base import MetricResult
@@ -73,7 +72,7 @@ __all__ = [
 ]
 
 WEBNLG_METRICS = ("BLEU", "METEOR", "TER")
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 # ---------------------------------------------------------------------------------------------
 # Text preparation
@@ -92,7 +91,7 @@ _13A_DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
 _LINE_BREAKS = re.compile(r"[\r\n]")
 
 
-def mteval_13a_tokenize(text: str) -> List[str]:
+def mteval_13a_tokenize(text: str) -> list[str]:
     """Tokens of ``text`` by the ``tokenization`` routine of ``multi-bleu-detok.perl``.
 
     That routine is mteval-v13a's: drop ``<skipped>``, join ``-\\n`` hyphenation and lines,
@@ -187,9 +186,9 @@ def multi_bleu_detok(hypotheses: Sequence[str], references: Sequence[Sequence[st
     correct = [0] * 5
     total = [0] * 5
     hyp_len = ref_len = 0
-    for hyp, refs in zip(hypotheses, references):
+    for hyp, refs in zip(hypotheses, references, strict=True):
         words = mteval_13a_tokenize(hyp)
-        max_ref_counts: Dict[tuple, int] = {}
+        max_ref_counts: dict[tuple, int] = {}
         ref_lengths = []
         for ref in refs:
             ref_words = mteval_13a_tokenize(ref)
@@ -237,7 +236,7 @@ def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     if not hypotheses:
         raise ValueError("no instances to score")
-    for i, (hyp, refs) in enumerate(zip(hypotheses, references)):
+    for i, (hyp, refs) in enumerate(zip(hypotheses, references, strict=True)):
         if not isinstance(hyp, str):
             raise ValueError(f"hypothesis {i} is a {type(hyp).__name__}, not a string")
         if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
@@ -248,8 +247,8 @@ def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
 
 
 def _score_subsets(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-                   subsets: Mapping[str, List[int]], java: Optional[str]
-                   ) -> Dict[str, MetricResult]:
+                   subsets: Mapping[str, list[int]], java: str | None
+                   ) -> dict[str, MetricResult]:
     """BLEU, METEOR and TER of each subset (instance indices); METEOR in one JVM."""
     results = {name: MetricResult() for name in subsets}
     for name, idx in subsets.items():
@@ -264,7 +263,7 @@ def _score_subsets(hypotheses: Sequence[str], references: Sequence[Sequence[str]
             result.errors["METEOR"] = result.errors["TER"] = str(err)
         return results
 
-    meteor: Optional[Meteor15] = None
+    meteor: Meteor15 | None = None
     try:
         meteor = Meteor15(java)  # started first: the jar's ~15 s of loading overlap TER
     except (JavaNotFoundError, FileNotFoundError, OSError) as err:
@@ -284,7 +283,7 @@ def _score_subsets(hypotheses: Sequence[str], references: Sequence[Sequence[str]
 
 
 def _meteor_scores(meteor: Meteor15, hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str]],
-                   subsets: Mapping[str, List[int]], results: Dict[str, MetricResult]) -> None:
+                   subsets: Mapping[str, list[int]], results: dict[str, MetricResult]) -> None:
     """METEOR of each subset into ``results``, all with the same process."""
     hyps = [_meteor_text(h) for h in hyps_tok]
     refs = [[_meteor_text(r) for r in group] for group in refs_tok]
@@ -301,10 +300,10 @@ def _meteor_scores(meteor: Meteor15, hyps_tok: Sequence[str], refs_tok: Sequence
 def score_webnlg(
     hypotheses: Sequence[str],
     references: Sequence[Sequence[str]],
-    categories: Optional[Sequence[str]] = None,
+    categories: Sequence[str] | None = None,
     seen_categories: Iterable[str] = SEEN_WEBNLG_CATEGORIES,
-    java: Optional[str] = None,
-) -> Dict[str, MetricResult]:
+    java: str | None = None,
+) -> dict[str, MetricResult]:
     """WebNLG BLEU (0-100), METEOR (0-1), TER (0-1) as GenerationEval computes them.
 
     Args:
@@ -337,7 +336,7 @@ def score_webnlg(
 
 
 def score_dart(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-               java: Optional[str] = None) -> MetricResult:
+               java: str | None = None) -> MetricResult:
     """DART BLEU / METEOR / TER (the same GenerationEval metrics as :func:`score_webnlg`)."""
     _check_inputs(hypotheses, references)
     return _score_subsets(hypotheses, references, {"all": list(range(len(hypotheses)))},
@@ -348,7 +347,7 @@ def score_dart(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
 # Files
 # ---------------------------------------------------------------------------------------------
 
-def _read_lines(path: Path, what: str) -> List[str]:
+def _read_lines(path: Path, what: str) -> list[str]:
     """Lines of a UTF-8 file; a final newline ends the last line (it adds no empty line)."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
@@ -362,7 +361,7 @@ def _read_lines(path: Path, what: str) -> List[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def read_hypotheses(path: PathLike) -> List[str]:
+def read_hypotheses(path: PathLike) -> list[str]:
     """One output per line, lines split at ``\n`` only, as ``eval.py`` and multi-bleu-detok read
     them (a final newline adds no empty output; whitespace is left alone, no metric sees it).
 
@@ -376,7 +375,7 @@ def read_hypotheses(path: PathLike) -> List[str]:
     return lines
 
 
-def read_reference_files(stem: PathLike) -> List[List[str]]:
+def read_reference_files(stem: PathLike) -> list[list[str]]:
     """References in GenerationEval's format: ``{stem}0``, ``{stem}1``, ... (as many consecutive
     files as exist), one line per instance in each; an empty line means no reference.
 
@@ -396,11 +395,11 @@ def read_reference_files(stem: PathLike) -> List[List[str]]:
         raise FileNotFoundError(f"reference file not found: {stem}0 (GenerationEval format: "
                                 f"{stem}0, {stem}1, ...)")
     columns = [_read_lines(p, "reference") for p in paths]
-    for path, col in zip(paths[1:], columns[1:]):
+    for path, col in zip(paths[1:], columns[1:], strict=True):
         if len(col) != len(columns[0]):
             raise ValueError(f"{path} has {len(col)} lines but {paths[0]} has {len(columns[0])}")
     references = []
-    for line_no, row in enumerate(zip(*columns), start=1):
+    for line_no, row in enumerate(zip(*columns, strict=True), start=1):
         refs = [r for r in row if r.strip()]
         if not refs:
             raise ValueError(f"{stem}0..{len(paths) - 1}: line {line_no} is empty in every file "
@@ -409,7 +408,7 @@ def read_reference_files(stem: PathLike) -> List[List[str]]:
     return references
 
 
-def read_webnlg_references(path: PathLike) -> List[List[str]]:
+def read_webnlg_references(path: PathLike) -> list[list[str]]:
     """References for :func:`score_webnlg` / :func:`score_dart` from either format the decoder
     writes: a directory holding ``reference0``, ``reference1``, ... or the stem of such files
     (GenerationEval's ``-R``), or one file of blank-line-separated groups (the E2E format).
@@ -429,7 +428,7 @@ def read_webnlg_references(path: PathLike) -> List[List[str]]:
                             f"multi-file format)")
 
 
-def read_categories(path: PathLike) -> List[str]:
+def read_categories(path: PathLike) -> list[str]:
     """One WebNLG category per line (per instance, in hypothesis order), whitespace stripped.
 
     Raises:
