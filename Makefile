@@ -13,9 +13,9 @@ export TOKENIZERS_PARALLELISM ?= false
 # same ninja, so the JIT-built comm op is not rebuilt by alternating ninja versions.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,peft,train,eval]"
@@ -24,6 +24,9 @@ $(STAMP): setup.py
 	touch $@
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
@@ -37,6 +40,7 @@ test-fast: $(STAMP)
 # experts and print them beside their references with the five E2E scores.
 DEMO_DIR ?= runs/demo
 DEMO_BACKBONE ?= runs/demo_backbone
+demo: export ADAMIX_DS_DATA :=
 demo: $(STAMP)
 	$(PY) launch/pretrain_lm.py --data_dir assets/e2e_warmup --sources e2e_refs \
 		--heldout_sources e2e_refs --n_layer 2 --n_embd 128 --n_head 2 --block_size 64 \

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
-from adamix_ds.backbones import load_backbone  # noqa: E402
-from adamix_ds.training.step import adamix_forward  # noqa: E402
+from adamix_ds import AdaMixConfig, inject_adamix
+from adamix_ds.backbones import load_backbone
+from adamix_ds.training.step import adamix_forward
 
 VARIANTS = {  # name -> (experts, consistency)
     "adamix_paired": (8, "paired"),

@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adamix_ds.backbones import load_backbone  # noqa: E402
-from adamix_ds.data import load_nlg_records, load_tokenizer  # noqa: E402
-from adamix_ds.evaluation.beam import BeamSettings, beam_search  # noqa: E402
-from adamix_ds.evaluation.generate import build_prompt, decode_contexts, default_prompt_budget  # noqa: E402
-from adamix_ds.evaluation.pipeline import load_decoding_model  # noqa: E402
+from adamix_ds.backbones import load_backbone
+from adamix_ds.data import load_nlg_records, load_tokenizer
+from adamix_ds.evaluation.beam import BeamSettings, beam_search
+from adamix_ds.evaluation.generate import build_prompt, decode_contexts, default_prompt_budget
+from adamix_ds.evaluation.pipeline import load_decoding_model
 
 
 def _sync(device: torch.device) -> None:

@@ -38,14 +38,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import torch
+from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))  # the report module beside this file
-
-from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
-from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.backbones import load_backbone  # noqa: E402
@@ -55,6 +51,8 @@ from adamix_ds.evaluation.generate import decode_contexts  # noqa: E402
 from adamix_ds.evaluation.pipeline import scored_texts, split_groups  # noqa: E402
 from adamix_ds.losses import adamix_loss  # noqa: E402
 from adamix_ds.training.step import adamix_forward  # noqa: E402
+from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
+from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1      # bump when a change alters results: old cache entries stop matching
 METHODS = ("lora", "adamix_lora", "adamix_lora_indep", "adapter", "adamix_adapter", "full")
@@ -389,8 +387,8 @@ def run_all(args: argparse.Namespace, cache_path: Path, command: str) -> None:
                                  tokenizer.eos_token_id)
                     save_state(model, weights)
                     if entry is not None and _same_training(entry, info):
-                        # Weights do not outlive a session; training is deterministic, so a
-                        # retrained model that logs the same losses keeps the decodes cached.
+                        # --work_dir may be gone (a new machine); training is deterministic, so
+                        # a retrained model that logs the same losses keeps the decodes cached.
                         log(f"[{method} seed {seed}] retrained: same losses as the cached run, "
                             f"its {len(entry['policies'])} decodes kept")
                     else:

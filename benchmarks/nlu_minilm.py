@@ -39,20 +39,17 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))  # nlu_minilm_report, also when not run as a script
-
-from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
-from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
 from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
 from adamix_ds.nlu import nlu_forward, predict  # noqa: E402
+from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
+from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
 SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run

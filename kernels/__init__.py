@@ -1,1 +1,1 @@
-"""Triton kernels and fused losses for AdaMix (issue 5): each op with a torch reference."""
+"""Triton kernels and fused losses for AdaMix: each op with a torch reference."""

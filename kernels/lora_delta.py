@@ -161,7 +161,7 @@ def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, route_tab: torch.
         # interpreter cost is per tile op, so larger tiles are much faster; masking is unchanged
         block_m, block_k, block_n, warps = 64, 256, 256, 4
     else:
-        # TODO(gpu): tune (fp32 IEEE dots may prefer 32-wide tiles); chosen for r <= 64 in registers
+        # sized for r <= 64 held in registers; fp32 IEEE dots may run better with 32-wide tiles
         block_m, block_k, block_n, warps = 64, 64, 64, 4
     block_r = max(16, triton.next_power_of_2(rank))
     blocks_per_seg = triton.cdiv(seg_rows, block_m)

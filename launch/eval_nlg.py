@@ -23,18 +23,14 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from generate_nlg import add_decoding_args, beam_settings, prepare_decoding  # noqa: E402
-
-from adamix_ds.config import INFERENCE_MODES  # noqa: E402
-from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
-from adamix_ds.evaluation.metrics.java import JavaNotFoundError  # noqa: E402
-from adamix_ds.evaluation.metrics.meteor import Meteor15  # noqa: E402
-from adamix_ds.evaluation.pipeline import score_outputs, scored_texts, write_generation  # noqa: E402
-from adamix_ds.evaluation.plots import routing_violin  # noqa: E402
-from adamix_ds.evaluation.report import PAPER_ROWS, atomic_write_text, markdown_table  # noqa: E402
+from adamix_ds.config import INFERENCE_MODES
+from adamix_ds.evaluation.generate import decode_sharded
+from adamix_ds.evaluation.metrics.java import JavaNotFoundError
+from adamix_ds.evaluation.metrics.meteor import Meteor15
+from adamix_ds.evaluation.pipeline import score_outputs, scored_texts, write_generation
+from adamix_ds.evaluation.plots import routing_violin
+from adamix_ds.evaluation.report import PAPER_ROWS, atomic_write_text, markdown_table
+from generate_nlg import add_decoding_args, beam_settings, prepare_decoding
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

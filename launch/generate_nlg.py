@@ -27,12 +27,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from adamix_ds.config import INFERENCE_MODES  # noqa: E402
-from adamix_ds.evaluation.beam import BeamSettings  # noqa: E402
-from adamix_ds.evaluation.generate import decode_sharded  # noqa: E402
-from adamix_ds.evaluation.pipeline import (  # noqa: E402
+from adamix_ds.config import INFERENCE_MODES
+from adamix_ds.evaluation.beam import BeamSettings
+from adamix_ds.evaluation.generate import decode_sharded
+from adamix_ds.evaluation.pipeline import (
     TASKS,
     DecodingModel,
     load_decoding_model,

@@ -18,9 +18,9 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from adamix_ds.data import load_tokenizer  # noqa: E402
-from adamix_ds.data.lm_corpus import CORPUS_SOURCES, collect_texts, pack_blocks  # noqa: E402
-from adamix_ds.pretraining import PretrainConfig, pretrain  # noqa: E402
+from adamix_ds.data import load_tokenizer
+from adamix_ds.data.lm_corpus import CORPUS_SOURCES, collect_texts, pack_blocks
+from adamix_ds.pretraining import PretrainConfig, pretrain
 
 DEFAULT_SOURCES = "webnlg,dart,glue"
 

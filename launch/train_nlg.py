@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-
-from adamix_ds.config import ConfigError  # noqa: E402
-from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
-from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
-from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides  # noqa: E402
+from adamix_ds.config import ConfigError
+from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode
+from adamix_ds.training.ds_config import DSConfigError
+from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str),

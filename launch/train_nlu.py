@@ -24,14 +24,12 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-
-from adamix_ds.config import INFERENCE_MODES, ConfigError  # noqa: E402
-from adamix_ds.data import LMBFF_SEEDS, GlueFormatError  # noqa: E402
-from adamix_ds.evaluation.report import atomic_write_text  # noqa: E402
-from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode  # noqa: E402
-from adamix_ds.training.ds_config import DSConfigError  # noqa: E402
-from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides  # noqa: E402
+from adamix_ds.config import INFERENCE_MODES, ConfigError
+from adamix_ds.data import LMBFF_SEEDS, GlueFormatError
+from adamix_ds.evaluation.report import atomic_write_text
+from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode
+from adamix_ds.training.ds_config import DSConfigError
+from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str), "init": (None, "init", str),

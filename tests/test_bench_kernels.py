@@ -1,5 +1,5 @@
-"""launch/bench_kernels.py keeps working between GPU runs: its CPU mode (Triton interpreter, tiny
-shapes) runs every benchmark, checks each Triton output against eager before timing, and
+"""benchmarks/bench_kernels.py keeps working between GPU runs: its CPU mode (Triton interpreter,
+tiny shapes) runs every benchmark, checks each Triton output against eager before timing, and
 writes a results section labelled as a code-path check, never as GPU figures."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("triton")
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "launch" / "bench_kernels.py"
+SCRIPT = REPO / "benchmarks" / "bench_kernels.py"
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,10 +1,10 @@
 """Tests for the GLUE / LM-BFF readers, encoding and collation (adamix_ds.data.glue / lmbff).
 
-Oracles: row and label counts published with the data (``../shared/data/glue/PROVENANCE.md``,
+Oracles: row and label counts published with the data (the GLUE folder's ``PROVENANCE.md``,
 which match the HF ``glue`` sizes) and counted independently with awk; records hand-copied from
 the files; hand-written temp files in the QQP / MNLI / QNLI formats of ``download_glue_data.py``;
 token sequences assembled by hand from separately tokenized pieces (all-MiniLM-L6-v2's BERT
-WordPiece tokenizer). The full-data checks skip when ``../shared`` is absent; the bundled samples
+WordPiece tokenizer). The full-data checks skip without ``$ADAMIX_DS_DATA``; the bundled samples
 (``assets/glue``) are always there.
 """
 from __future__ import annotations
@@ -29,18 +29,19 @@ from adamix_ds.data import (
     read_glue,
     read_lmbff,
     resolve_glue_file,
+    resolve_lmbff_file,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
 PRESENT_TASKS = ("RTE", "MRPC", "CoLA", "SST-2", "STS-B")
 
 
 @pytest.fixture(scope="module")
-def shared() -> Path:
-    if not SHARED_GLUE.is_dir():
-        pytest.skip(f"full GLUE data not present at {SHARED_GLUE}")
-    return SHARED_GLUE
+def shared(full_data: Path) -> Path:
+    """The full GLUE folder (``$ADAMIX_DS_DATA/glue``)."""
+    glue = full_data / "glue"
+    if not glue.is_dir():
+        pytest.skip(f"full GLUE data not present at {glue}")
+    return glue
 
 
 def write(path: Path, text: str) -> Path:
@@ -50,6 +51,16 @@ def write(path: Path, text: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- task table
+
+def test_glue_root_from_environment(tmp_path, monkeypatch):
+    """No data_dir: $ADAMIX_DS_DATA/glue/<TASK>/ and .../glue/LM-BFF-k-shot/, else the samples."""
+    mine = write(tmp_path / "glue" / "RTE" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n")
+    shot = write(tmp_path / "glue" / "LM-BFF-k-shot" / "SST-2" / "16-13" / "dev.tsv", "x\n")
+    assert resolve_glue_file("RTE", "dev") == bundled_asset("glue/RTE/dev.tsv")
+    monkeypatch.setenv("ADAMIX_DS_DATA", str(tmp_path))
+    assert resolve_glue_file("RTE", "dev") == mine
+    assert resolve_lmbff_file("SST-2", 16, 13, "dev") == shot
+
 
 def test_task_table():
     assert set(GLUE_TASKS) == {"CoLA", "SST-2", "MRPC", "QQP", "STS-B", "MNLI", "QNLI", "RTE"}

@@ -3,8 +3,8 @@
 Oracles: records hand-copied from the real files; token sequences assembled by hand in the test
 from separately tokenized pieces; the reference code's (pre-shifted target, mask) construction
 rewritten here from its description; a tiny random GPT-2's own ``labels`` loss. Everything runs
-offline on the bundled samples (``assets/``, ``tests/data/``); one check reads the shared full
-E2E test set when it is present.
+offline on the bundled samples (``assets/``, ``tests/data/``); one check reads the full E2E
+test set when ``$ADAMIX_DS_DATA`` gives it.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from adamix_ds.data import (
 DATA = Path(__file__).parent / "data"
 WEBNLG_SAMPLE = DATA / "webnlg" / "train.json"
 DART_SAMPLE = DATA / "dart" / "dart-v1.1.1-full-dev.json"
-SHARED_E2E_TEST = Path("/work/shared/data/e2e/test.txt")
 EOS = 50256
 
 
@@ -52,6 +51,23 @@ def e2e_sample(split: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- assets
+
+def test_data_root_from_environment(tmp_path, monkeypatch):
+    """No data_dir: $ADAMIX_DS_DATA/<task> first, then the bundled sample; a flag always wins."""
+    (tmp_path / "e2e").mkdir()
+    mine = tmp_path / "e2e" / "test.txt"
+    mine.write_text("name : X||X is here .\n")
+    bundled = bundled_asset("e2e_sample/test.txt")
+    assert resolve_split_file("e2e", "test") == bundled  # conftest unsets the variable
+    monkeypatch.setenv("ADAMIX_DS_DATA", str(tmp_path))
+    assert resolve_split_file("e2e", "test") == mine
+    assert resolve_split_file("e2e", "test", bundled.parent) == bundled
+    with pytest.raises(FileNotFoundError, match=r"ADAMIX_DS_DATA=.*no webnlg/ folder"):
+        resolve_split_file("webnlg", "train")
+    monkeypatch.delenv("ADAMIX_DS_DATA")
+    with pytest.raises(FileNotFoundError, match=r"pass data_dir .* or set \$ADAMIX_DS_DATA"):
+        resolve_split_file("webnlg", "train")
+
 
 def test_bundled_asset_paths():
     assert (bundled_asset("gpt2_tokenizer") / "vocab.json").is_file()
@@ -107,9 +123,11 @@ def test_group_references_e2e_test_sample():
     assert len(group_references(read_e2e(e2e_sample("valid")))) == 6
 
 
-@pytest.mark.skipif(not SHARED_E2E_TEST.is_file(), reason="shared full E2E test set not present")
-def test_group_references_full_e2e_test_set():
-    records = read_e2e(SHARED_E2E_TEST)
+def test_group_references_full_e2e_test_set(full_data):
+    test_file = full_data / "e2e" / "test.txt"
+    if not test_file.is_file():
+        pytest.skip(f"full E2E test set not present at {test_file}")
+    records = read_e2e(test_file)
     groups = group_references(records)
     assert (len(records), len(groups)) == (4693, 630)
     assert sum(len(g["references"]) for g in groups) == 4693

@@ -4,19 +4,17 @@ from __future__ import annotations
 import json
 import statistics
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 
+import eval_nlg  # launch/eval_nlg.py
 from adamix_ds.evaluation.metrics.e2e import read_hypotheses, read_references, score_e2e
 from adamix_ds.evaluation.metrics.meteor import Meteor15
 from adamix_ds.evaluation.plots import routing_violin
 from adamix_ds.evaluation.report import PAPER_ROWS, markdown_table, paper_scale
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "launch"))
-import eval_nlg  # noqa: E402
 
 FAST_FLAGS = ["--num_beams", "3", "--max_new_tokens", "10", "--limit", "4"]
 

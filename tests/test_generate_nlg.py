@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import generate_nlg  # launch/generate_nlg.py
 from adamix_ds.backbones import load_backbone
 from adamix_ds.checkpoint import WEIGHTS_FILE, export_peft, read_adaptation_config, save_adaptation
 from adamix_ds.data import bundled_asset, load_tokenizer
@@ -23,8 +24,6 @@ from adamix_ds.merging import merge_experts
 from adamix_ds.routing import _EVAL_STREAM
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "launch"))
-import generate_nlg  # noqa: E402
 
 # Small beams so the CPU tests stay quick; the rules are the paper's (tests/test_beam_search.py).
 FAST = BeamSettings(num_beams=3, max_new_tokens=10)

@@ -15,10 +15,10 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed; the kernel cannot run")
 
-from adamix_ds.experts import LoRAExperts  # noqa: E402
-from kernels import lora_delta  # noqa: E402
-from kernels.lora_delta import routed_lora_delta, routed_lora_delta_reference  # noqa: E402
-from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
+from adamix_ds.experts import LoRAExperts
+from kernels import lora_delta
+from kernels.lora_delta import routed_lora_delta, routed_lora_delta_reference
+from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -200,6 +200,7 @@ def test_bad_arguments_are_refused() -> None:
         routed_lora_delta(x, a.double(), b, ((0, 0),), SCALE, use_triton=True)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="bfloat16 needs the compiled kernel on a CUDA GPU "
                                      "(the interpreter's bf16 arithmetic is not the GPU's)")
 def test_cuda_bf16_auto_dispatch_and_decode_shapes() -> None:

@@ -20,15 +20,15 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed; the kernels cannot run")
 
-from adamix_ds.experts import AdapterExperts  # noqa: E402
-from kernels import routed_adapter as ra  # noqa: E402
-from kernels.routed_adapter import (  # noqa: E402
+from adamix_ds.experts import AdapterExperts
+from kernels import routed_adapter as ra
+from kernels.routed_adapter import (
     LaunchConfig,
     gpu_config,
     routed_adapter,
     routed_adapter_reference,
 )
-from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run  # noqa: E402
+from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -122,6 +122,7 @@ def test_wide_models(d: int, b: int, act: str, dtype: torch.dtype, n_up: int) ->
     _check((2, 65), d, b, ((1, 0), (2, n_up - 1)), 4, n_up, act, dtype)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="bfloat16 needs a GPU: the interpreter's bf16 arithmetic "
                                      "is not faithful")
 @pytest.mark.parametrize("act", ["relu", "gelu", "gelu_tanh"])

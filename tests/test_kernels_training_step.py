@@ -12,10 +12,10 @@ if not torch.cuda.is_available():  # same rule as tests/test_kernel_lora_delta.p
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
-from adamix_ds.kernel_dispatch import kernel_mode, set_kernel_mode, use_kernels  # noqa: E402
-from adamix_ds.training.step import adamix_forward  # noqa: E402
-from tests.models import tiny_model, tokens  # noqa: E402
+from adamix_ds import AdaMixConfig, inject_adamix
+from adamix_ds.kernel_dispatch import kernel_mode, set_kernel_mode, use_kernels
+from adamix_ds.training.step import adamix_forward
+from tests.models import tiny_model, tokens
 
 CONFIGS = {
     "lora": AdaMixConfig(method="lora", num_experts=4, rank=4, alpha=16, targets=("q", "v"),

@@ -3,11 +3,8 @@ sample standard deviations, and the row format for missing and single-seed metho
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from nlu_minilm_report import fmt_pct, reading, table_row  # noqa: E402
+from nlu_minilm_report import fmt_pct, reading, table_row
 
 
 def _runs(accuracies: list[float], seconds: float = 10.0) -> list[dict]:

@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import eval_nlg  # launch/eval_nlg.py
+import generate_nlg  # launch/generate_nlg.py
 from adamix_ds import cli
 from adamix_ds.data import bundled_asset, load_tokenizer
 from adamix_ds.data.lm_corpus import collect_texts, pack_blocks
@@ -27,9 +29,6 @@ from adamix_ds.pretraining import PretrainConfig, pretrain
 from tests.dist_env import single_process_env
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "launch"))
-import eval_nlg  # noqa: E402
-import generate_nlg  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

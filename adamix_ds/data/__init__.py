@@ -36,7 +36,7 @@ from .nlg import (
     resolve_split_file,
     tokenizer_source,
 )
-from .paths import ASSETS_DIR, REPO_ROOT, bundled_asset
+from .paths import ASSETS_DIR, DATA_ENV, REPO_ROOT, bundled_asset, env_data_dir
 from .readers import (
     SEEN_WEBNLG_CATEGORIES,
     Record,
@@ -49,8 +49,10 @@ from .readers import (
 
 __all__ = [
     "ASSETS_DIR",
+    "DATA_ENV",
     "REPO_ROOT",
     "bundled_asset",
+    "env_data_dir",
     "Record",
     "SEEN_WEBNLG_CATEGORIES",
     "linearise_triples",

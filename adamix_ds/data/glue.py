@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .paths import bundled_asset
+from .paths import bundled_asset, env_data_dir
 
 __all__ = [
     "NluExample", "GlueTask", "GLUE_TASKS", "GlueFormatError", "get_glue_task",
@@ -167,6 +167,8 @@ def resolve_glue_file(task: str, split: str, data_dir: PathLike | None = None) -
         raise ValueError(f"unknown split {split!r} for {spec.name}; expected one of "
                          f"{tuple(spec.splits)}")
     name = spec.splits[split]
+    if data_dir is None:
+        data_dir = env_data_dir("glue")
     if data_dir is None:
         return bundled_asset(f"glue/{spec.name}/{name}")
     base = Path(data_dir)

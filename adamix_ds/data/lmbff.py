@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .glue import GlueFormatError, NluExample
-from .paths import bundled_asset
+from .paths import bundled_asset, env_data_dir
 
 __all__ = ["LMBFF_SEEDS", "LmBffTask", "LMBFF_TASKS", "get_lmbff_task", "resolve_lmbff_file",
            "read_lmbff", "format_prompt"]
@@ -83,6 +83,8 @@ def resolve_lmbff_file(task: str, k: int, seed: int, split: str,
     if split not in ("train", "dev", "test"):
         raise ValueError(f"unknown split {split!r}; expected train, dev or test")
     rel = Path(spec.name) / f"{k}-{seed}" / f"{split}.{spec.ext}"
+    if data_dir is None:
+        data_dir = env_data_dir("glue")
     if data_dir is None:
         return bundled_asset(Path("glue/LM-BFF-k-shot") / rel)
     base = Path(data_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .encoding import build_example, needs_truncation, tokenize_pairs
-from .paths import bundled_asset
+from .paths import DATA_ENV, bundled_asset, env_data_dir
 from .readers import Record, read_dart, read_e2e, read_webnlg
 
 __all__ = [
@@ -74,9 +74,12 @@ def resolve_split_file(task: str, split: str, data_dir: PathLike | None = None) 
     task, split = _canonical(task, split)
     name = SPLIT_FILES[task][split]
     if data_dir is None:
+        data_dir = env_data_dir(task)
+    if data_dir is None:
         if task not in _BUNDLED_DATA:
             raise FileNotFoundError(
-                f"no bundled {task} data: pass data_dir (a folder holding {name})"
+                f"no bundled {task} data: pass data_dir (a folder holding {name}) or set "
+                f"${DATA_ENV} (a folder holding {task}/{name})"
             )
         return bundled_asset(f"{_BUNDLED_DATA[task]}/{name}")
     base = Path(data_dir)

@@ -1,4 +1,8 @@
-"""Where the bundled files (``assets/`` at the repository root) live.
+"""Where data comes from: an explicit folder, ``$ADAMIX_DS_DATA``, or the bundled samples.
+
+``ADAMIX_DS_DATA`` names a data root with one folder per family (``e2e/``, ``webnlg/``, ``dart/``,
+``glue/<TASK>/``, ``glue/LM-BFF-k-shot/``); readers use it when no folder is passed. Without it
+they read the small real samples bundled in ``assets/`` at the repository root.
 
 ``assets/`` ships with the source tree (a git clone or an editable install), not inside the
 ``adamix_ds`` package, so a wheel install does not carry it; every function that defaults to a
@@ -6,13 +10,30 @@ bundled file therefore also accepts an explicit path.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "ASSETS_DIR", "bundled_asset"]
+__all__ = ["REPO_ROOT", "ASSETS_DIR", "DATA_ENV", "bundled_asset", "env_data_dir"]
 
 # adamix_ds/data/paths.py -> parents[0] = data/, [1] = adamix_ds/, [2] = repository root.
 REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 ASSETS_DIR: Path = REPO_ROOT / "assets"
+DATA_ENV = "ADAMIX_DS_DATA"
+
+
+def env_data_dir(family: str) -> Path | None:
+    """``$ADAMIX_DS_DATA/<family>`` when the variable is set, else None (use the bundled sample).
+
+    Raises:
+        FileNotFoundError: the variable is set but that folder does not exist.
+    """
+    root = os.environ.get(DATA_ENV, "").strip()
+    if not root:
+        return None
+    folder = Path(root).expanduser() / family
+    if not folder.is_dir():
+        raise FileNotFoundError(f"${DATA_ENV}={root}: no {family}/ folder there ({folder})")
+    return folder
 
 
 def bundled_asset(path: str | Path = "") -> Path:

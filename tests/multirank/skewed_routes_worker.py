@@ -12,17 +12,19 @@ inconsistent routes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "launch"))
-sys.path.insert(0, str(REPO_ROOT))
+import torch.distributed as dist
 
-import torch.distributed as dist  # noqa: E402
-import train_nlg  # noqa: E402  (launch/train_nlg.py)
+from adamix_ds.training import trainer
 
-from adamix_ds.training import trainer  # noqa: E402
+# launch/train_nlg.py, loaded from its file: it is a script, not a module of the package
+_SPEC = importlib.util.spec_from_file_location(
+    "train_nlg", Path(__file__).resolve().parents[2] / "launch" / "train_nlg.py")
+train_nlg = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(train_nlg)
 
 _inject_adamix = trainer.inject_adamix
 

@@ -13,11 +13,12 @@ hits them alike; every figure is a median. Four benchmarks:
                    forward+backward time and peak memory above the inputs;
 * ``copy``         ``dst.copy_(src)`` on a large buffer: the bandwidth that GB/s are compared to.
 
-GB/s count the minimum traffic (each input read once, each output written once); the L2 cache is
-flushed before every timed call on a GPU, so the figures are HBM ones.
+GB/s count the minimum traffic (each input read once, each output written once); on a GPU the
+timing is ``triton.testing.do_bench``, which flushes the L2 cache before every timed call, so the
+figures are HBM ones.
 
-    python launch/bench_kernels.py                      # GPU: GPT-2 M/L/XL, 1k..32k tokens, bf16
-    python launch/bench_kernels.py --cpu --results /tmp/r.md   # interpreter, tiny shapes (CI)
+    python benchmarks/bench_kernels.py                   # GPU: GPT-2 M/L/XL, 1k..32k tokens, bf16
+    python benchmarks/bench_kernels.py --cpu --results /tmp/r.md   # interpreter, tiny shapes
 
 On CUDA the tables are appended to ``benchmarks/RESULTS.md`` with the device name and date. The
 CPU mode runs the Triton interpreter: its timings say nothing about GPU speed and are labelled
@@ -40,7 +41,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if "--cpu" in sys.argv:  # the interpreter must be chosen before triton is first imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
@@ -57,30 +57,29 @@ CHECK_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 # --- timing ------------------------------------------------------------------------------------
 class Timer:
-    """Median wall time of a callable; on CUDA with events and an L2 flush before each call."""
+    """Median time of each variant, variants interleaved round by round.
 
-    def __init__(self, device: torch.device, warmup: int, repeats: int) -> None:
-        self.device, self.warmup, self.repeats = device, warmup, repeats
-        # 256 MB: larger than any current GPU's L2, so each timed call starts from HBM
-        self.flush = (torch.empty(64 * 2**20, dtype=torch.int32, device=device)
-                      if device.type == "cuda" else None)
+    On CUDA each round is one ``triton.testing.do_bench`` call per variant (``rep_ms`` of timed
+    calls, the L2 flushed before each, events for timing; median), so a round is about
+    ``rep_ms`` per variant; on the CPU one timed call per round with ``time.perf_counter``.
+    """
+
+    def __init__(self, device: torch.device, warmup: int, repeats: int,
+                 rep_ms: float = 50.0) -> None:
+        self.device, self.warmup, self.repeats, self.rep_ms = device, warmup, repeats, rep_ms
 
     def once(self, fn: Callable[[], object]) -> float:
-        """Seconds for one call."""
-        if self.flush is None:
+        """Seconds per call: one round of ``fn``."""
+        if self.device.type != "cuda":
             start = time.perf_counter()
             fn()
             return time.perf_counter() - start
-        self.flush.zero_()
-        begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-        begin.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return begin.elapsed_time(end) / 1e3
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=0, rep=self.rep_ms, return_mode="median") / 1e3
 
     def compare(self, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
-        """Median seconds per variant, variants interleaved round by round."""
+        """Median seconds per variant over ``repeats`` interleaved rounds."""
         for _ in range(self.warmup):
             for fn in fns.values():
                 fn()
@@ -324,15 +323,17 @@ def device_name(device: torch.device) -> str:
 def write_results(path: Path, device: torch.device, argv: list[str], copy_bw: float,
                   rows: list[Row], args: argparse.Namespace) -> None:
     today = datetime.date.today().isoformat()
+    timing = ("rounds of triton.testing.do_bench (L2 flushed, median)" if device.type == "cuda"
+              else "calls")
     note = ("" if device.type == "cuda" else
             "\nCode-path check only: the Triton kernels run in the interpreter and eager torch on "
             "the CPU, so these times are NOT GPU figures and say nothing about kernel speed.\n")
     section = (f"\n### Triton kernels — {today}, {device_name(device)}\n{note}\n"
-               f"Command: `python launch/bench_kernels.py {' '.join(map(shlex.quote, argv))}`\n"
+               f"Command: `python benchmarks/bench_kernels.py {' '.join(map(shlex.quote, argv))}`\n"
                f"dtype {args.dtype}, {args.experts} experts, paired route (2 segments, up side "
                f"shared), adapter b={args.bottleneck} (gelu_tanh), LoRA r={args.rank}; torch "
                f"{torch.__version__}, compile backend `{args.compile_backend}`; medians of "
-               f"{args.repeats} interleaved calls after {args.warmup} warm-up. Measured copy "
+               f"{args.repeats} interleaved {timing} after {args.warmup} warm-up. Measured copy "
                f"bandwidth: {copy_bw:.0f} GB/s.\n\n{markdown(rows)}\n")
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(section)
