@@ -118,7 +118,8 @@ def _print_decodes(name: str, groups: Sequence[dict[str, Any]], hyps: Sequence[s
                    refs: Sequence[Sequence[str]]) -> None:
     """Input, decode (as scored) and the first of its references, for the first len(groups)."""
     print(f"\n[{name}] first {len(groups)} decodes:")
-    for group, hyp, group_refs in zip(groups, hyps, refs, strict=True):
+    # groups is the first N of the decode; hyps and refs are whole: zip stops at N
+    for group, hyp, group_refs in zip(groups, hyps, refs, strict=False):
         print(f"  input : {group['context']}\n  output: {hyp or '(empty)'}\n"
               f"  ref   : {group_refs[0] if group_refs else '(none)'}\n")
 
