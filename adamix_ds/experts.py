@@ -17,15 +17,14 @@ pass). ``route=None`` means the merged module (Eq. 3: mean of the stacked weight
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel_dispatch import triton_choice
-
-Route = Sequence[tuple[int, int]]
+from .kernels.dispatch import triton_takes
+from .routing import Route
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -51,6 +50,26 @@ def _segments(x: torch.Tensor, route: Route) -> list[torch.Tensor]:
     if x.shape[0] % len(route):
         raise ValueError(f"batch {x.shape[0]} does not split into {len(route)} route segments")
     return list(x.chunk(len(route), dim=0)) if len(route) > 1 else [x]
+
+
+def routed_lora_update(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: Route,
+                       scale: float) -> torch.Tensor:
+    """The eager routed LoRA update: x (B, ..., d_in) -> scale * (x_s @ A[j_s]) @ B[k_s] per
+    segment s, (B, ..., d_out); lora_a (M_down, d_in, r), lora_b (M_up, r, d_out)."""
+    outs = [scale * ((xs @ lora_a[j]) @ lora_b[k])
+            for xs, (j, k) in zip(_segments(x, route), route, strict=True)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+def routed_adapter_eager(h: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
+                         up_weight: torch.Tensor, up_bias: torch.Tensor, route: Route,
+                         activation: str) -> torch.Tensor:
+    """The eager routed Houlsby adapter, residual included: h (B, ..., d) -> (B, ..., d) with
+    ``h_s + act(h_s @ Wd[j] + bd[j]) @ Wu[k] + bu[k]`` per segment s."""
+    act = ACTIVATIONS[activation]
+    outs = [hs + act(hs @ down_weight[j] + down_bias[j]) @ up_weight[k] + up_bias[k]
+            for hs, (j, k) in zip(_segments(h, route), route, strict=True)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 class LoRAExperts(nn.Module):
@@ -103,14 +122,10 @@ class LoRAExperts(nn.Module):
         if route is None:
             a, b = self.merged_weights()
             return self.scale * ((x @ a) @ b)
-        choice = triton_choice(x)
-        if choice is not False:
-            from kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
-            return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale,
-                                     use_triton=choice)
-        outs = [self.scale * ((xs @ self.lora_a[j]) @ self.lora_b[k])
-                for xs, (j, k) in zip(_segments(x, route), route, strict=True)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        if triton_takes(x, self.lora_a, self.lora_b, rank=self.rank):
+            from .kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
+            return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale)
+        return routed_lora_update(x, self.lora_a, self.lora_b, route, self.scale)
 
     def add_into(self, out: torch.Tensor, x: torch.Tensor, route: Route | None,
                  start: int) -> torch.Tensor:
@@ -120,12 +135,11 @@ class LoRAExperts(nn.Module):
         update is one kernel that accumulates into the slice (no (B, T, d_out) delta tensor, no
         separate add); elsewhere the delta is computed and added.
         """
-        choice = False if route is None else triton_choice(x)
-        if choice is not False and out.is_contiguous():
-            from kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
+        if route is not None and triton_takes(x, self.lora_a, self.lora_b, rank=self.rank,
+                                              out=out):
+            from .kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
             return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale, out=out,
-                                     out_slice=(start, start + self.out_features),
-                                     use_triton=choice)
+                                     out_slice=(start, start + self.out_features))
         delta = self.forward(x, route).to(out.dtype)
         if self.out_features == out.shape[-1]:
             return out + delta
@@ -180,24 +194,16 @@ class AdapterExperts(nn.Module):
         return tuple(p.mean(0) for p in (self.down_weight, self.down_bias,
                                          self.up_weight, self.up_bias))
 
-    def _adapter(self, h: torch.Tensor, wd: torch.Tensor, bd: torch.Tensor, wu: torch.Tensor,
-                 bu: torch.Tensor) -> torch.Tensor:
-        return h + self.act(h @ wd + bd) @ wu + bu
-
     def forward(self, h: torch.Tensor, route: Route | None) -> torch.Tensor:
         """h: (B, ..., d) -> (B, ..., d), residual included."""
         if route is None:
-            return self._adapter(h, *self.merged_weights())
-        choice = triton_choice(h)
-        # auto: the fused kernel takes one dtype for h and weights (not autocast's mix).
-        if choice is True or (choice is None and self.down_weight.dtype == h.dtype):
-            from kernels.routed_adapter import routed_adapter  # deferred: triton is optional
-            return routed_adapter(h, self.down_weight, self.down_bias, self.up_weight,
-                                  self.up_bias, route, self.activation, use_triton=True)
-        outs = [self._adapter(hs, self.down_weight[j], self.down_bias[j], self.up_weight[k],
-                              self.up_bias[k])
-                for hs, (j, k) in zip(_segments(h, route), route, strict=True)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+            wd, bd, wu, bu = self.merged_weights()
+            return h + self.act(h @ wd + bd) @ wu + bu
+        params = (self.down_weight, self.down_bias, self.up_weight, self.up_bias)
+        if triton_takes(h, *params, rank=self.bottleneck):
+            from .kernels.routed_adapter import routed_adapter  # deferred: triton is optional
+            return routed_adapter(h, *params, route, self.activation)
+        return routed_adapter_eager(h, *params, route, self.activation)
 
     def param_count_merged(self) -> int:
         return 2 * self.features * self.bottleneck + self.bottleneck + self.features

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .experts import AdapterExperts, LoRAExperts, Route
-from .routing import Router
+from .experts import AdapterExperts, LoRAExperts
+from .routing import Route, Router
 
 BaseProjection = nn.Linear | Conv1D
 

@@ -35,12 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from .fused_lm_loss import fused_adamix_lm_loss
+
 __all__ = [
     "CONSISTENCY_MODES",
     "AdaMixLossOutput",
     "adamix_loss",
     "consistency_kl",
     "consistency_kl_reference",
+    "fused_adamix_lm_loss",
     "label_smoothed_cross_entropy",
 ]
 

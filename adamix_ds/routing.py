@@ -9,16 +9,20 @@ with a counter-based hash (SplitMix64 finaliser) instead of draws from torch's g
 
 A *routing key* is an int per adapted projection (slice), handed out by :meth:`Router.register`
 in module order at injection time. The two sides (down, up) of a key draw independently.
+
+A *route* (:data:`Route`) holds one ``(down_index, up_index)`` pair per equal segment of the
+leading batch dimension: one segment normally, two for the paired consistency pass.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from .config import INFERENCE_MODES
-from .experts import Route
+
+Route = Sequence[tuple[int, int]]
 
 _MASK64 = (1 << 64) - 1
 _SIDE_DOWN, _SIDE_UP = 0, 1

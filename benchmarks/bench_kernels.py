@@ -44,10 +44,10 @@ if "--cpu" in sys.argv:  # the interpreter must be chosen before triton is first
 
 import torch  # noqa: E402
 
-from adamix_ds.losses import adamix_loss  # noqa: E402
-from kernels.fused_lm_loss import fused_adamix_lm_loss  # noqa: E402
-from kernels.lora_delta import routed_lora_delta, routed_lora_delta_reference  # noqa: E402
-from kernels.routed_adapter import routed_adapter, routed_adapter_reference  # noqa: E402
+from adamix_ds.experts import routed_adapter_eager, routed_lora_update  # noqa: E402
+from adamix_ds.kernels.lora_delta import routed_lora_delta  # noqa: E402
+from adamix_ds.kernels.routed_adapter import routed_adapter  # noqa: E402
+from adamix_ds.losses import adamix_loss, fused_adamix_lm_loss  # noqa: E402
 
 GPT2_WIDTH = {"gpt2-medium": 1024, "gpt2-large": 1280, "gpt2-xl": 1600}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -153,14 +153,14 @@ def bench_adapter(timer: Timer, args: argparse.Namespace, d: int, n: int, copy_b
               rand(1, d, std=0.1)]
     route = ((0, 0), (m - 1, 0))  # paired consistency pass: two segments, shared up side
     act = "gelu_tanh"
-    eager = routed_adapter_reference
-    comp = compiled(routed_adapter_reference, args.compile_backend)
+    eager = routed_adapter_eager
+    comp = compiled(routed_adapter_eager, args.compile_backend)
     es = x.element_size()
     param_bytes = sum(p.numel() for p in params) * es
     rows = []
 
     # forward, no grad (inference / recomputation): x read once, y written once
-    variants = {"triton": lambda: routed_adapter(x, *params, route, act, use_triton=True),
+    variants = {"triton": lambda: routed_adapter(x, *params, route, act),
                 "eager": lambda: eager(x, *params, route, act)}
     if comp is not None:
         variants["compile"] = lambda: comp(x, *params, route, act)
@@ -184,7 +184,7 @@ def bench_adapter(timer: Timer, args: argparse.Namespace, d: int, n: int, copy_b
             fn(xg, *pg, route, act).backward(grad_y)
         return run
 
-    variants = {"triton": train(lambda *a: routed_adapter(*a, use_triton=True)),
+    variants = {"triton": train(routed_adapter),
                 "eager": train(eager)}
     if comp is not None:
         variants["compile"] = train(comp)
@@ -234,13 +234,13 @@ def bench_lora(timer: Timer, args: argparse.Namespace, d: int, n: int,
         out = base()
         for s, (a, b) in experts.items():
             routed_lora_delta(x, a, b, route, scale, out=out,
-                              out_slice=(starts[s], starts[s] + d), use_triton=True)
+                              out_slice=(starts[s], starts[s] + d))
         return out
 
     def with_eager() -> torch.Tensor:
         out = base()
         for s, (a, b) in experts.items():
-            out[:, starts[s]:starts[s] + d] += routed_lora_delta_reference(x, a, b, route, scale)
+            out[:, starts[s]:starts[s] + d] += routed_lora_update(x, a, b, route, scale)
         return out
 
     with torch.no_grad():

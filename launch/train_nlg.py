@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from adamix_ds.config import ConfigError
-from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode
+from adamix_ds.kernels import KERNEL_MODES, set_kernel_mode
 from adamix_ds.training.ds_config import DSConfigError
 from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from adamix_ds.config import INFERENCE_MODES, ConfigError
 from adamix_ds.data import LMBFF_SEEDS, GlueFormatError
 from adamix_ds.evaluation.report import atomic_write_text
-from adamix_ds.kernel_dispatch import KERNEL_MODES, set_kernel_mode
+from adamix_ds.kernels import KERNEL_MODES, set_kernel_mode
 from adamix_ds.training.ds_config import DSConfigError
 from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adamix_ds.losses import adamix_loss
-from kernels.fused_lm_loss import fused_adamix_lm_loss
+from adamix_ds.losses import adamix_loss, fused_adamix_lm_loss
 
 
 def _inputs(dtype: torch.dtype, tokens: int = 37, d: int = 24, vocab: int = 53, seed: int = 0):

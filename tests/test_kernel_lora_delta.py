@@ -1,10 +1,10 @@
-"""The Triton routed LoRA delta (kernels/lora_delta.py) against a float64 torch reference.
+"""The Triton routed LoRA delta (adamix_ds/kernels/lora_delta.py) against float64 torch.
 
-Oracle: ``routed_lora_delta_reference`` evaluated in float64 on the *same* (already rounded) inputs,
-differentiated by autograd; the reference itself is checked against ``LoRAExperts.forward``.
-Without a GPU the kernel runs under the Triton interpreter, which must be switched on before triton
-is first imported (Triton wraps its own library then): ``tests/conftest.py`` does that. With a GPU
-the same cases run compiled on CUDA, plus bfloat16.
+Oracle: ``routed_lora_delta_reference`` (tests/kernel_references.py) evaluated in float64 on the
+*same* (already rounded) inputs, differentiated by autograd; the reference itself is checked
+against ``LoRAExperts.forward``. Without a GPU the kernel runs under the Triton interpreter, which
+must be switched on before triton is first imported (Triton wraps its own library then):
+``tests/conftest.py`` does that. With a GPU the same cases run compiled on CUDA, plus bfloat16.
 
 Tolerances: the per-dtype normwise table of ``tests/kernel_tolerance.py``.
 """
@@ -16,8 +16,9 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed; the kernel cannot run")
 
 from adamix_ds.experts import LoRAExperts
-from kernels import lora_delta
-from kernels.lora_delta import routed_lora_delta, routed_lora_delta_reference
+from adamix_ds.kernels import lora_delta, triton_takes, use_kernels
+from adamix_ds.kernels.lora_delta import routed_lora_delta
+from tests.kernel_references import routed_lora_delta_reference
 from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run
 
 CUDA = torch.cuda.is_available()
@@ -51,7 +52,7 @@ def _check_case(n: int, d_in: int, d_out: int, r: int, route: tuple[tuple[int, i
     go = torch.randn(n, d_out, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ours = [t.to(DEVICE, dtype).requires_grad_() for t in (x, a, b)]
     refs = [t.to(dtype).double().requires_grad_() for t in (x, a, b)]   # same rounded inputs
-    got = routed_lora_delta(*ours, route, SCALE, use_triton=True)
+    got = routed_lora_delta(*ours, route, SCALE)
     got.backward(go.to(DEVICE, dtype))
     want = routed_lora_delta_reference(*refs, route, SCALE)
     want.backward(go.to(dtype).double())
@@ -105,14 +106,20 @@ def test_c_attn_q_and_v_slices_in_place(dtype: torch.dtype) -> None:
     go = torch.randn(4, 3, 3 * d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     routes = {"q": ((2, 0), (0, 0)), "v": ((1, 0), (1, 0))}
 
+    def add(out: torch.Tensor, xx: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+            route: tuple[tuple[int, int], ...], cols: tuple[int, int],
+            triton_path: bool) -> torch.Tensor:
+        if triton_path:
+            return routed_lora_delta(xx, a, b, route, SCALE, out=out, out_slice=cols)
+        out[..., cols[0]:cols[1]] += routed_lora_delta_reference(xx, a, b, route, SCALE)
+        return out
+
     def run(ts: list[torch.Tensor], triton_path: bool) -> tuple[torch.Tensor, torch.Tensor]:
         xx, ww, aq, bq, av, bv = ts
         base = xx @ ww
         k_before = base[..., d:2 * d].detach().clone()
-        out = routed_lora_delta(xx, aq, bq, routes["q"], SCALE, out=base, out_slice=(0, d),
-                                use_triton=triton_path)
-        out = routed_lora_delta(xx, av, bv, routes["v"], SCALE, out=out,
-                                out_slice=(2 * d, 3 * d), use_triton=triton_path)
+        out = add(base, xx, aq, bq, routes["q"], (0, d), triton_path)
+        out = add(out, xx, av, bv, routes["v"], (2 * d, 3 * d), triton_path)
         assert out is base
         return out, k_before
 
@@ -140,7 +147,7 @@ def test_partial_grads_and_no_grad(needs: str) -> None:
     ]
     refs = [t.float().double().requires_grad_() for t in (x, a, b)]
     with torch.set_grad_enabled(needs != "none"):
-        got = routed_lora_delta(*ours, route, SCALE, use_triton=True)
+        got = routed_lora_delta(*ours, route, SCALE)
     want = routed_lora_delta_reference(*refs, route, SCALE)
     _close(got.detach().cpu(), want.detach(), torch.float32, "delta")
     if needs == "none":
@@ -161,8 +168,7 @@ def test_column_groups_split_the_output(monkeypatch: pytest.MonkeyPatch) -> None
     _check_case(5, 96, 1000, 8, ((0, 1),), 2, 2, torch.float32)
     x, a, b = (t.float().to(DEVICE) for t in _experts(6, 96, 1000, 8, 2, 2, seed=7))
     out = torch.zeros(6, 1400, device=DEVICE)
-    routed_lora_delta(x, a, b, ((1, 0), (0, 1)), SCALE, out=out, out_slice=(300, 1300),
-                      use_triton=True)
+    routed_lora_delta(x, a, b, ((1, 0), (0, 1)), SCALE, out=out, out_slice=(300, 1300))
     want = routed_lora_delta_reference(x.double().cpu(), a.double().cpu(), b.double().cpu(),
                                        ((1, 0), (0, 1)), SCALE)
     _close(out[:, 300:1300].cpu(), want, torch.float32, "split out slice")
@@ -170,34 +176,57 @@ def test_column_groups_split_the_output(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_reference_is_lora_experts_forward() -> None:
-    """The torch reference (and the non-Triton dispatch) compute LoRAExperts' routed update."""
+    """The torch reference computes LoRAExperts' routed update, the delta and the slice add."""
     experts = LoRAExperts(12, 9, 3, num_experts=4, share="up", scale=SCALE).double()
     torch.nn.init.normal_(experts.lora_b)
     x = torch.randn(4, 5, 12, dtype=torch.float64)
-    for route in (((2, 0),), ((1, 0), (3, 0))):
-        want = experts(x, route)
-        args = (x, experts.lora_a, experts.lora_b, route, SCALE)
-        torch.testing.assert_close(routed_lora_delta_reference(*args), want, rtol=0, atol=0)
-        torch.testing.assert_close(routed_lora_delta(*args, use_triton=False), want,
-                                   rtol=0, atol=0)
-        out = torch.ones(4, 5, 20, dtype=torch.float64)
-        routed_lora_delta(*args, out=out, out_slice=(11, 20), use_triton=False)
-        torch.testing.assert_close(out[..., 11:], 1 + want, rtol=0, atol=0)
-        assert torch.all(out[..., :11] == 1)
+    with use_kernels("torch"):
+        for route in (((2, 0),), ((1, 0), (3, 0))):
+            want = experts(x, route)
+            args = (x, experts.lora_a, experts.lora_b, route, SCALE)
+            torch.testing.assert_close(routed_lora_delta_reference(*args), want, rtol=0, atol=0)
+            out = torch.ones(4, 5, 20, dtype=torch.float64)
+            experts.add_into(out, x, route, start=11)
+            torch.testing.assert_close(out[..., 11:], 1 + want, rtol=0, atol=0)
+            assert torch.all(out[..., :11] == 1)
+
+
+def test_dispatch_decides_once() -> None:
+    """triton_takes: torch mode never, auto only on CUDA with one dtype, triton mode or an error;
+    float64 (no kernel dtype) stays in torch under auto and is refused under triton."""
+    x, a, b = (t.float().to(DEVICE) for t in _experts(4, 8, 6, 2, 2, 1))
+    with use_kernels("torch"):
+        assert not triton_takes(x, a, b, rank=2)
+    with use_kernels("auto"):
+        assert triton_takes(x, a, b, rank=2) is CUDA
+        assert not triton_takes(x, a.double(), b, rank=2)     # autocast-like mix stays in torch
+        assert not triton_takes(x.double(), a.double(), b.double(), rank=2)
+    with use_kernels("triton"):
+        assert triton_takes(x, a, b, rank=2)
+        with pytest.raises(RuntimeError, match="differ in dtype"):
+            triton_takes(x, a.double(), b, rank=2)
+        with pytest.raises(RuntimeError, match="float64"):
+            triton_takes(x.double(), a.double(), b.double(), rank=2)
+        with pytest.raises(RuntimeError, match="above"):
+            triton_takes(x, a, b, rank=256)
+        with pytest.raises(RuntimeError, match="not contiguous"):
+            triton_takes(x, a, b, rank=2, out=torch.zeros(10, 4, device=DEVICE).T)
 
 
 def test_bad_arguments_are_refused() -> None:
     x, a, b = (t.float() for t in _experts(4, 8, 6, 2, 2, 1))
     with pytest.raises(IndexError, match="route pair"):
-        routed_lora_delta(x, a, b, ((2, 0),), SCALE, use_triton=True)    # kernel would read OOB
+        routed_lora_delta(x, a, b, ((2, 0),), SCALE)    # kernel would read OOB
     with pytest.raises(IndexError, match="route pair"):
-        routed_lora_delta(x, a, b, ((0, 1),), SCALE, use_triton=True)
+        routed_lora_delta(x, a, b, ((0, 1),), SCALE)
     with pytest.raises(ValueError, match="segments"):
-        routed_lora_delta(x[:3], a, b, ((0, 0), (1, 0)), SCALE, use_triton=True)
+        routed_lora_delta(x[:3], a, b, ((0, 0), (1, 0)), SCALE)
     with pytest.raises(ValueError, match="out_slice"):
         routed_lora_delta(x, a, b, ((0, 0),), SCALE, out=torch.zeros(4, 10), out_slice=(5, 10))
+    with pytest.raises(ValueError, match="d_in"):
+        routed_lora_delta(x[:, :5], a, b, ((0, 0),), SCALE)
     with pytest.raises(TypeError, match="differ"):
-        routed_lora_delta(x, a.double(), b, ((0, 0),), SCALE, use_triton=True)
+        routed_lora_delta(x, a.double(), b, ((0, 0),), SCALE)
 
 
 @pytest.mark.gpu
@@ -209,7 +238,9 @@ def test_cuda_bf16_auto_dispatch_and_decode_shapes() -> None:
     x, a, b = _experts(8, 1024, 1024, 8, 4, 1, seed=8)
     xs, as_, bs = (t.cuda().bfloat16() for t in (x, a, b))
     route = ((3, 0), (1, 0))
-    got = routed_lora_delta(xs, as_, bs, route, SCALE)        # use_triton=None -> Triton on CUDA
+    with use_kernels("auto"):
+        assert triton_takes(xs, as_, bs, rank=8)
+    got = routed_lora_delta(xs, as_, bs, route, SCALE)
     want = routed_lora_delta_reference(*(t.double() for t in (xs, as_, bs)), route, SCALE)
     _close(got.cpu(), want.cpu(), torch.bfloat16, "bf16 delta")
     for n in (1, 2, 4096):                                   # decode (column split) to training

@@ -1,10 +1,10 @@
-"""The fused Triton routed Houlsby adapter (kernels/routed_adapter.py) against float64 torch.
+"""The fused Triton routed Houlsby adapter (adamix_ds/kernels/routed_adapter.py) against float64.
 
-Oracle: ``routed_adapter_reference`` evaluated in float64 on the *same* (already rounded) inputs and
-differentiated by autograd; the reference itself is checked against ``AdapterExperts.forward``.
-Without a GPU the kernels run under the Triton interpreter, which must be switched on before triton
-is first imported: ``tests/conftest.py`` does that. With a GPU the same cases run compiled on
-CUDA, plus bfloat16.
+Oracle: ``routed_adapter_reference`` (tests/kernel_references.py) evaluated in float64 on the
+*same* (already rounded) inputs and differentiated by autograd; the reference itself is checked
+against ``AdapterExperts.forward``. Without a GPU the kernels run under the Triton interpreter,
+which must be switched on before triton is first imported: ``tests/conftest.py`` does that. With
+a GPU the same cases run compiled on CUDA, plus bfloat16.
 
 Tolerances: the per-dtype normwise table of ``tests/kernel_tolerance.py``.
 """
@@ -21,13 +21,10 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed; the kernels cannot run")
 
 from adamix_ds.experts import AdapterExperts
-from kernels import routed_adapter as ra
-from kernels.routed_adapter import (
-    LaunchConfig,
-    gpu_config,
-    routed_adapter,
-    routed_adapter_reference,
-)
+from adamix_ds.kernels import routed_adapter as ra
+from adamix_ds.kernels import triton_takes, use_kernels
+from adamix_ds.kernels.routed_adapter import LaunchConfig, gpu_config, routed_adapter
+from tests.kernel_references import routed_adapter_reference
 from tests.kernel_tolerance import assert_close_to_float64, skip_unless_kernels_run
 
 CUDA = torch.cuda.is_available()
@@ -61,8 +58,9 @@ def _check(lead: tuple[int, ...], d: int, b: int, route: tuple[tuple[int, int], 
     go = torch.randn(*lead, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ours = [t.to(DEVICE, dtype).requires_grad_() for t in base]
     refs = [t.to(dtype).double().requires_grad_() for t in base]   # the same rounded inputs
-    assert ra.triton_supported(ours[0], b), "the case must exercise the kernels, not the fallback"
-    got = routed_adapter(*ours, route, activation, use_triton=True, config=config)
+    with use_kernels("triton"):
+        assert triton_takes(ours[0], *ours[1:], rank=b), "the case must run the kernels"
+    got = routed_adapter(*ours, route, activation, config=config)
     got.backward(go.to(DEVICE, dtype))
     want = routed_adapter_reference(*refs, route, activation)
     want.backward(go.to(dtype).double())
@@ -138,7 +136,7 @@ AOT_SCRIPT = r"""
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels.routed_adapter as ra
+import adamix_ds.kernels.routed_adapter as ra
 assert not ra.INTERPRETED
 FP32_BUFFERS = {"h_ptr", "dh_ptr", "pwd_ptr", "pwu_ptr", "pbu_ptr"}
 for dtype, dt, b in ((torch.bfloat16, "bf16", 64), (torch.float16, "fp16", 8),
@@ -210,17 +208,27 @@ def test_reference_is_adapter_experts(act: str, share: str) -> None:
 
 
 def test_dispatch_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """use_triton=False never reaches the kernels; bad inputs are refused before any launch."""
+    """Kernel mode torch never reaches the kernels; bad inputs are refused before any launch."""
     x, wd, bd, wu, bu = [t.float() for t in _inputs((4,), 32, 4, 2, 2)]
 
     def no_kernel(*args: object, **kwargs: object) -> None:
         raise AssertionError("the Triton path ran")
 
-    monkeypatch.setattr(ra.RoutedAdapter, "apply", no_kernel)
-    monkeypatch.setattr(ra, "_forward", no_kernel)
-    torch.testing.assert_close(routed_adapter(x, wd, bd, wu, bu, ((1, 1),), "relu",
-                                              use_triton=False),
-                               routed_adapter_reference(x, wd, bd, wu, bu, ((1, 1),), "relu"))
+    experts = AdapterExperts(32, 4, 2, "none", "relu")
+    with torch.no_grad():
+        for p, t in zip((experts.down_weight, experts.down_bias, experts.up_weight,
+                         experts.up_bias), (wd, bd, wu, bu), strict=True):
+            p.copy_(t)
+    with monkeypatch.context() as patch, use_kernels("torch"):
+        patch.setattr(ra.RoutedAdapter, "apply", no_kernel)
+        patch.setattr(ra, "_forward", no_kernel)
+        torch.testing.assert_close(experts(x, ((1, 1),)),
+                                   routed_adapter_reference(x, wd, bd, wu, bu, ((1, 1),), "relu"))
+    with use_kernels("triton"), pytest.raises(RuntimeError, match="above"):
+        triton_takes(x, wd, rank=ra.MAX_BOTTLENECK + 1)
+    with pytest.raises(ValueError, match="bottleneck"):
+        big = torch.zeros(2, 32, ra.MAX_BOTTLENECK + 1)
+        routed_adapter(x, big, big[:, 0], big.transpose(1, 2), bu, ((0, 0),), "relu")
     with pytest.raises(IndexError, match="outside"):
         routed_adapter(x, wd, bd, wu, bu, ((2, 0),), "relu")
     with pytest.raises(ValueError, match="route segments"):

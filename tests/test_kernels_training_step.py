@@ -13,7 +13,7 @@ if not torch.cuda.is_available():  # same rule as tests/test_kernel_lora_delta.p
 pytest.importorskip("triton")
 
 from adamix_ds import AdaMixConfig, inject_adamix
-from adamix_ds.kernel_dispatch import kernel_mode, set_kernel_mode, use_kernels
+from adamix_ds.kernels import kernel_mode, set_kernel_mode, use_kernels
 from adamix_ds.training.step import adamix_forward
 from tests.models import tiny_model, tokens
 
@@ -48,8 +48,8 @@ def _step(mode: str, method: str = "lora") -> tuple[torch.Tensor, dict[str, torc
 
 @pytest.mark.parametrize("method", ["lora", "adapter"])
 def test_triton_step_equals_torch_step(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kernels.lora_delta as lora_delta
-    import kernels.routed_adapter as routed_adapter
+    import adamix_ds.kernels.lora_delta as lora_delta
+    import adamix_ds.kernels.routed_adapter as routed_adapter
 
     module, name = {"lora": (lora_delta, "routed_lora_delta"),
                     "adapter": (routed_adapter, "routed_adapter")}[method]
@@ -57,14 +57,14 @@ def test_triton_step_equals_torch_step(method: str, monkeypatch: pytest.MonkeyPa
     real = getattr(module, name)
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("use_triton"))
+        calls.append(name)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, name, counting)
     loss_torch, grads_torch = _step("torch", method)
     assert calls == []  # the torch mode never enters the kernel wrapper
     loss_triton, grads_triton = _step("triton", method)
-    assert calls and all(c is True for c in calls)  # every routed layer, paired pass
+    assert calls  # the kernel entry (Triton only) ran for the routed layers
     torch.testing.assert_close(loss_triton, loss_torch, rtol=1e-5, atol=1e-6)
     assert grads_triton.keys() == grads_torch.keys() and grads_torch
     for name, want in grads_torch.items():
@@ -74,7 +74,7 @@ def test_triton_step_equals_torch_step(method: str, monkeypatch: pytest.MonkeyPa
 
 
 def test_mode_validation_and_restore() -> None:
-    with pytest.raises(ValueError, match="--kernels must be one of"):
+    with pytest.raises(ValueError, match="kernel mode must be one of"):
         set_kernel_mode("cuda")
     before = kernel_mode()
     with use_kernels("torch"):

@@ -16,6 +16,7 @@ import torch
 
 from adamix_ds.backbones import load_backbone
 from adamix_ds.data import bundled_asset, load_tokenizer
+from adamix_ds.data.encoding import encode_records
 from adamix_ds.data.lm_corpus import collect_texts, pack_blocks
 from adamix_ds.pretraining import PretrainConfig, batch_indices, learning_rate, pretrain
 
@@ -58,6 +59,36 @@ def test_corpus_drops_e2e_copies_in_dart_and_duplicates(tmp_path: Path) -> None:
         collect_texts(tmp_path, ["e2e"], "train")
     with pytest.raises(FileNotFoundError, match="GLUE"):
         collect_texts(tmp_path, ["glue"], "train")
+
+
+def test_pair_sources_keep_triples_before_text_and_drop_e2e(tmp_path: Path) -> None:
+    _write(tmp_path / "dart" / "dart-v1.1.1-full-dev.json", [
+        {"tripleset": [["A", "R", "B"]], "annotations": [
+            {"source": "WikiSQL_decl_sents", "text": "A is related to B."},
+            {"source": "e2e", "text": "The Eagle is a pub."}]},
+        {"tripleset": [["The Eagle", "eatType", "pub"]], "annotations": [
+            {"source": "e2e", "text": "The Eagle is a pub near the river."}]},
+    ])
+    _write(tmp_path / "webnlg" / "train.json", {"entries": [{"1": {
+        "category": "City", "modifiedtripleset": [{"subject": "X", "property": "p", "object": "Y"}],
+        "lexicalisations": [{"comment": "good", "lex": "X has Y."}]}}]})
+    corpus = collect_texts(tmp_path, ["webnlg_pairs", "dart_pairs"], "train")
+    # DART relations are lower-cased, as its reference converter does
+    assert corpus.texts == ["X : p : Y <|endoftext|> X has Y.",
+                            "A : r : B <|endoftext|> A is related to B."]
+    assert corpus.dropped == {"dart_e2e_annotations": 2}
+    assert not any("Eagle" in t for t in corpus.texts)
+
+
+def test_pair_documents_pack_as_the_fine_tuning_encoding() -> None:
+    tok = load_tokenizer()
+    records = [{"context": "name : Alimentum | food : Thai",
+                "completion": "Alimentum serves Thai."},
+               {"context": "X : p : Y", "completion": "X has Y."}]
+    docs = [f"{r['context']} <|endoftext|> {r['completion']}" for r in records]
+    stream = [i for ex in encode_records(records, tok, 512) for i in ex["input_ids"]]
+    out = pack_blocks(docs, tok, 4, order_seed=None)
+    assert out.flatten().tolist() == stream[: len(stream) // 4 * 4]
 
 
 def test_pack_blocks_appends_eos_and_cuts_full_blocks() -> None:

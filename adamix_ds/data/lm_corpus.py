@@ -7,10 +7,16 @@ The stand-in GPT-2 must never see E2E text, so that E2E stays an unseen adaptati
   references into its dev file; they are dropped, and the count is reported);
 * ``glue``: the sentences of the GLUE tasks present (``train.tsv``; held out: ``dev.tsv``);
 * ``e2e_refs``: the references (never the MRs) of an E2E ``train.txt`` (held out: ``valid.txt``):
-  only for the demo's warm-up, which is scored on the test references.
+  only for the demo's warm-up, which is scored on the test references;
+* ``webnlg_pairs`` / ``dart_pairs``: the same texts, each after its linearised triple set, laid out
+  as the fine-tuning encoding lays out a data-to-text example (``context <eos> text <eos>``). A
+  pre-trained GPT-2 arrives knowing how to copy names from its context; a few million tokens of
+  plain text do not teach a small model that, and without it a rank-4 LoRA on Q,V cannot learn
+  E2E at all. The pairs teach copying on WebNLG / DART triples; E2E's MRs and texts stay unseen.
 
 Texts are de-duplicated in first-seen order, each followed by ``<|endoftext|>``, concatenated and
-cut into blocks of ``block_size`` tokens (the last partial block is dropped).
+cut into blocks of ``block_size`` tokens (the last partial block is dropped). A pair document holds
+:data:`PAIR_SEPARATOR` between context and text, encoded as the end-of-text id.
 """
 from __future__ import annotations
 
@@ -25,14 +31,25 @@ import torch
 from .glue import read_glue, resolve_glue_file
 from .readers import read_dart, read_e2e, read_webnlg
 
-__all__ = ["CORPUS_SOURCES", "GLUE_TEXT_TASKS", "TextCorpus", "collect_texts", "pack_blocks"]
+__all__ = ["CORPUS_SOURCES", "GLUE_TEXT_TASKS", "PAIR_SEPARATOR", "TextCorpus", "collect_texts",
+           "pack_blocks", "pair_document"]
 
 PathLike = str | Path
-CORPUS_SOURCES = ("webnlg", "dart", "glue", "e2e_refs")
+CORPUS_SOURCES = ("webnlg", "dart", "glue", "e2e_refs", "webnlg_pairs", "dart_pairs")
 GLUE_TEXT_TASKS = ("CoLA", "SST-2", "MRPC", "RTE", "STS-B")
-_SPLITS = {"train": {"webnlg": "train.json", "dart": "dart-v1.1.1-full-dev.json",
-                     "glue": "train", "e2e_refs": "train.txt"},
-           "heldout": {"webnlg": "dev.json", "glue": "dev", "e2e_refs": "valid.txt"}}
+# the GPT-2 end-of-text token as text; pack_blocks encodes it as the tokenizer's eos id
+PAIR_SEPARATOR = "<|endoftext|>"
+_DART_FILE = "dart-v1.1.1-full-dev.json"
+_SPLITS = {"train": {"webnlg": "train.json", "dart": _DART_FILE, "glue": "train",
+                     "e2e_refs": "train.txt", "webnlg_pairs": "train.json",
+                     "dart_pairs": _DART_FILE},
+           "heldout": {"webnlg": "dev.json", "glue": "dev", "e2e_refs": "valid.txt",
+                       "webnlg_pairs": "dev.json"}}
+
+
+def pair_document(context: str, text: str) -> str:
+    """One data-to-text document: ``context``, :data:`PAIR_SEPARATOR`, ``text``."""
+    return f"{context} {PAIR_SEPARATOR} {text}"
 
 
 @dataclass
@@ -71,15 +88,23 @@ def _source_texts(source: str, split: str, data_dir: Path, corpus: TextCorpus) -
     name = _SPLITS[split].get(source)
     if name is None:
         return []
-    if source == "webnlg":
+    pairs = source.endswith("_pairs")
+    family = source.removesuffix("_pairs")
+
+    def document(record: dict[str, Any]) -> str:
+        return pair_document(record["context"], record["completion"]) if pairs else \
+            record["completion"]
+
+    if family == "webnlg":
         path = _find(data_dir, "webnlg", name)
         corpus.files.append(path)
-        return [r["completion"] for r in read_webnlg(path)]
-    if source == "dart":
+        return [document(r) for r in read_webnlg(path)]
+    if family == "dart":
         path = _find(data_dir, "dart", name)
         corpus.files.append(path)
         records = read_dart(path)
-        kept = [r["completion"] for r in records if "e2e" not in str(r["source"]).lower()]
+        # DART copies E2E references and MRs into its dev file: neither may reach the stand-in
+        kept = [document(r) for r in records if "e2e" not in str(r["source"]).lower()]
         corpus.dropped["dart_e2e_annotations"] = len(records) - len(kept)
         return kept
     if source == "e2e_refs":
@@ -135,17 +160,25 @@ def pack_blocks(texts: Iterable[str], tokenizer: Any, block_size: int,
     """Token blocks for causal-LM training: (num_blocks, block_size) int64.
 
     Documents are shuffled with ``order_seed`` (``None``: file order), each is followed by the
-    tokenizer's end-of-text id, and the stream is cut into full blocks.
+    tokenizer's end-of-text id, and the stream is cut into full blocks. A
+    :func:`pair_document` becomes ``BPE(context) + [eos] + BPE(" " + text) + [eos]``, the layout
+    of :func:`adamix_ds.data.encoding.build_example`.
     """
     texts = list(texts)
     if order_seed is not None:
         perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(order_seed))
         texts = [texts[i] for i in perm.tolist()]
     eos = tokenizer.eos_token_id
+    # each document's pieces between separators, tokenised in one batch; piece i > 0 keeps its
+    # leading space, as the fine-tuning encoding tokenises " " + completion
+    pieces = [text.split(PAIR_SEPARATOR) for text in texts]
+    flat = [p.strip() if i == 0 else " " + p.strip() for doc in pieces for i, p in enumerate(doc)]
+    encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
     stream: list[int] = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream += ids
-        stream.append(eos)
+    for doc in pieces:
+        for _ in doc:
+            stream += next(encoded)
+            stream.append(eos)
         if max_blocks is not None and len(stream) >= max_blocks * block_size:
             break
     n = len(stream) // block_size

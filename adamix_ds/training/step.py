@@ -15,10 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.fused_lm_loss import fused_adamix_lm_loss  # pure torch (no triton)
-
 from ..config import AdaMixConfig
-from ..losses import AdaMixLossOutput, adamix_loss
+from ..losses import AdaMixLossOutput, adamix_loss, fused_adamix_lm_loss
 from ..routing import Router
 
 CONSISTENCY_MODES = ("paired", "sequential", "off")

@@ -31,37 +31,22 @@ Backward (all heavy parts are Triton; torch only does O(b * d) bookkeeping):
                                      zero (M, ...) gradients at the routed indices (a shared side,
                                      M = 1, or a repeated index gets both segments' sums).
 
-``routed_adapter`` picks the Triton path when x is on CUDA (or, for the CPU tests, when the Triton
-interpreter was enabled with TRITON_INTERPRET=1 before this module was imported) and
-``use_triton=True``; otherwise it runs ``routed_adapter_reference``.
+``routed_adapter`` always runs the kernels (CUDA tensors, or CPU ones under the interpreter enabled
+with TRITON_INTERPRET=1 before triton is first imported) and refuses inputs they cannot take;
+:func:`adamix_ds.kernels.triton_takes` decides whether a layer calls it or stays in torch.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from adamix_ds.experts import ACTIVATIONS
-
-try:  # the torch reference must keep working where Triton is not installed
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only on installs without triton
-    triton = None
-    tl = None
-
-Route = Sequence[tuple[int, int]]
-
-# ``triton.jit`` binds interpreter vs compiled mode when the kernels below are decorated (at
-# import), so the flag is read once here, not per call.
-INTERPRETED = triton is not None and os.environ.get("TRITON_INTERPRET", "0").lower() in (
-    "1", "true", "on", "yes")
+from .dispatch import MAX_RANK
+from .utils import INTERPRETED, KERNEL_DTYPES, Route, check_route, num_sms, tile, tl, triton
 
 # Kernel activation codes (constexpr, so each activation compiles its own branch-free kernel).
 _ACT_CODES = {"relu": 0, "gelu": 1, "gelu_tanh": 2}
-MAX_BOTTLENECK = 128  # the (BLOCK_M, b) activation block lives in registers
+MAX_BOTTLENECK = MAX_RANK  # the (BLOCK_M, b) activation block lives in registers
 
 
 if triton is not None:
@@ -304,7 +289,7 @@ def gpu_config(bottleneck: int, dtype: torch.dtype) -> LaunchConfig:
     a CPU machine; not timed): with 8 warps the three kernels use <= 150 registers and do not
     spill for bf16 / fp16 up to b = 64 (4 warps reached 255 and spilled); fp32 "ieee" dots are
     not tensor-core dots and spill at 64 rows x b = 64, so fp32 takes 32 rows there."""
-    block_b = max(16, triton.next_power_of_2(bottleneck))
+    block_b = tile(bottleneck)
     block_m = 32 if dtype == torch.float32 and block_b >= 64 else 64
     return LaunchConfig(block_m=block_m, block_b=block_b)
 
@@ -316,21 +301,6 @@ def default_config(bottleneck: int, dtype: torch.dtype) -> LaunchConfig:
     if INTERPRETED:
         config = LaunchConfig(block_m=128, block_k=256, block_n=256, block_b=config.block_b)
     return config
-
-
-def routed_adapter_reference(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
-                             up_weight: torch.Tensor, up_bias: torch.Tensor, route: Route,
-                             activation: str) -> torch.Tensor:
-    """Plain torch, any dtype including float64 (the test oracle).
-
-    x (B, ..., d) or (N, d) -> y of x's shape; the leading dim splits into len(route) segments.
-    Same arithmetic as ``AdapterExperts.forward`` with a route; gradients come from autograd.
-    """
-    act = ACTIVATIONS[activation]
-    segments = x.chunk(len(route), dim=0) if len(route) > 1 else [x]
-    outs = [xs + act(xs @ down_weight[j] + down_bias[j]) @ up_weight[k] + up_bias[k]
-            for xs, (j, k) in zip(segments, route, strict=True)]
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 def _segment_pairs(route: Route) -> list[tuple[int, tuple[int, int, int, int]]]:
@@ -349,12 +319,6 @@ def _input_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1  # interpreter: one program at a time, extra splits only cost time
 
 
 def _forward(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
@@ -425,7 +389,7 @@ class RoutedAdapter(torch.autograd.Function):
 
         n_tiles = triton.cdiv(d, config.block_n)
         row_blocks = triton.cdiv(seg_rows, config.block_m)
-        splits = config.splits or triton.cdiv(2 * _num_sms(x.device), n_tiles * n_segs)
+        splits = config.splits or triton.cdiv(2 * num_sms(x.device), n_tiles * n_segs)
         splits = max(1, min(splits, row_blocks))
         chunk_rows = triton.cdiv(row_blocks, splits) * config.block_m
         f32 = dict(device=x.device, dtype=torch.float32)
@@ -455,22 +419,23 @@ class RoutedAdapter(torch.autograd.Function):
         return dx, dwd.to(dt), dbd.to(dt), dwu.to(dt), dbu.to(dt), None, None, None
 
 
-def triton_supported(x: torch.Tensor, bottleneck: int) -> bool:
-    """Whether ``routed_adapter(use_triton=True)`` takes the Triton path for these inputs."""
-    return (triton is not None and (x.is_cuda or INTERPRETED) and bottleneck <= MAX_BOTTLENECK
-            and x.dtype in (torch.float32, torch.float16, torch.bfloat16))
-
-
 def routed_adapter(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
                    up_weight: torch.Tensor, up_bias: torch.Tensor, route: Route, activation: str,
-                   use_triton: bool = True, config: LaunchConfig | None = None) -> torch.Tensor:
-    """The routed Houlsby adapter with its residual, differentiable in all five tensors.
+                   config: LaunchConfig | None = None) -> torch.Tensor:
+    """The routed Houlsby adapter with its residual on the Triton kernels, differentiable in all
+    five tensors.
 
-    x (B, ..., d); down_weight (M_down, d, b); down_bias (M_down, b); up_weight (M_up, b, d);
-    up_bias (M_up, d); route: one (down, up) pair per equal segment of the leading dim (for the
-    merged module pass the means with a leading 1 and route ((0, 0),)). Returns y of x's shape.
-    Triton when ``use_triton`` and ``triton_supported`` (CUDA, or the interpreter on CPU), else
-    ``routed_adapter_reference``. All tensors must share one dtype (tl.dot takes equal operands).
+    x (B, ..., d) on CUDA (or on CPU under the interpreter); down_weight (M_down, d, b);
+    down_bias (M_down, b); up_weight (M_up, b, d); up_bias (M_up, d); route: one (down, up) pair
+    per equal segment of the leading dim (for the merged module pass the means with a leading 1
+    and route ((0, 0),)). All tensors share one dtype (tl.dot takes equal operands). Returns y of
+    x's shape.
+
+    Raises:
+        ValueError / IndexError: an unknown activation, shapes or a route that do not fit, or a
+            bottleneck above :data:`MAX_BOTTLENECK`.
+        RuntimeError: Triton missing, or CPU tensors without the interpreter.
+        TypeError: the tensors differ in dtype, or it is not fp32 / fp16 / bf16.
     """
     if activation not in _ACT_CODES:
         raise ValueError(f"activation {activation!r} not in {sorted(_ACT_CODES)}")
@@ -481,17 +446,20 @@ def routed_adapter(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.
         raise ValueError(f"shapes do not match: x {tuple(x.shape)}, down {tuple(down_weight.shape)}"
                          f"/{tuple(down_bias.shape)}, up {tuple(up_weight.shape)}"
                          f"/{tuple(up_bias.shape)}")
-    if not route or x.shape[0] % len(route):
-        raise ValueError(f"batch {x.shape[0]} does not split into {len(route)} route segments")
-    for j, k in route:  # the kernel trusts the indices: an out-of-range one would read garbage
-        if not (0 <= j < n_down and 0 <= k < n_up):
-            raise IndexError(f"route pair {(j, k)} outside {n_down} down / {n_up} up experts")
+    if b > MAX_BOTTLENECK:
+        raise ValueError(f"bottleneck {b} is above the kernels' {MAX_BOTTLENECK}")
+    check_route(route, x.shape[0], n_down, n_up)
     if len({t.dtype for t in (x, down_weight, down_bias, up_weight, up_bias)}) != 1:
         raise TypeError("x and the adapter parameters must share one dtype")
-
-    if not (use_triton and triton_supported(x, b)) or x.numel() == 0:
-        return routed_adapter_reference(x, down_weight, down_bias, up_weight, up_bias, route,
-                                        activation)
+    if x.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"the kernels take {[str(t) for t in KERNEL_DTYPES]}, not {x.dtype}")
+    if triton is None:
+        raise RuntimeError("routed_adapter needs the `triton` package")
+    if not x.is_cuda and not INTERPRETED:
+        raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1 in the environment "
+                           "before triton is first imported")
+    if x.numel() == 0:
+        return x.clone()
     args = (x.reshape(-1, d).contiguous(), down_weight.contiguous(), down_bias.contiguous(),
             up_weight.contiguous(), up_bias.contiguous(), tuple((int(j), int(k)) for j, k in route),
             activation, config or default_config(b, x.dtype))

@@ -18,8 +18,9 @@ forward with the roles of A and B swapped and transposed through strides); the w
 ``x_s^T @ g_s`` and ``h_s^T @ dout_s`` are reductions over rows, which cuBLAS already does well, so
 they stay torch matmuls on the (N, r) buffers the kernels write.
 
-``routed_lora_delta`` picks the Triton path when x is on CUDA (or, for the CPU tests, when Triton
-runs as its interpreter and ``use_triton=True`` is passed) and the torch reference otherwise.
+``routed_lora_delta`` always runs the kernels (CUDA tensors, or CPU ones under the interpreter) and
+refuses inputs they cannot take; :func:`adamix_ds.kernels.triton_takes` decides whether a layer
+calls it or stays in torch.
 """
 from __future__ import annotations
 
@@ -27,21 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-try:  # the torch reference must keep working where Triton is not installed
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only on installs without triton
-    triton = None
-    tl = None
-
-Route = Sequence[tuple[int, int]]
-
-
-# Interpreter or compiler is fixed when triton.jit wraps a function, and Triton's own library
-# (tl.zeros, ...) is wrapped when triton is first imported: TRITON_INTERPRET=1 has to be in the
-# environment before that import, and changing it later has no effect on this process.
-INTERPRETED: bool = triton is not None and bool(triton.knobs.runtime.interpret)
-
+from .utils import INTERPRETED, Route, check_route, num_sms, route_table, tile, tl, triton
 
 if triton is not None:
 
@@ -138,8 +125,7 @@ def _column_groups(x: torch.Tensor, row_programs: int, n_col_blocks: int) -> int
     """
     if not x.is_cuda:
         return 1
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    return max(1, min(n_col_blocks, triton.cdiv(2 * sms, row_programs)))
+    return max(1, min(n_col_blocks, triton.cdiv(2 * num_sms(x.device), row_programs)))
 
 
 def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, route_tab: torch.Tensor,
@@ -163,7 +149,7 @@ def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, route_tab: torch.
     else:
         # sized for r <= 64 held in registers; fp32 IEEE dots may run better with 32-wide tiles
         block_m, block_k, block_n, warps = 64, 64, 64, 4
-    block_r = max(16, triton.next_power_of_2(rank))
+    block_r = tile(rank)
     blocks_per_seg = triton.cdiv(seg_rows, block_m)
     row_programs = n_seg * blocks_per_seg
     n_col_blocks = triton.cdiv(d_out, block_n)
@@ -221,7 +207,7 @@ class RoutedLoRADelta(torch.autograd.Function):
     def forward(ctx, out: torch.Tensor | None, x: torch.Tensor, lora_a: torch.Tensor,
                 lora_b: torch.Tensor, route: Route, scale: float, start: int) -> torch.Tensor:
         d_out = lora_b.shape[2]
-        route_tab = torch.tensor([list(p) for p in route], dtype=torch.int32, device=x.device)
+        route_tab = route_table(route, x.device)
         need_grad = any(ctx.needs_input_grad[1:4])
         h = x.new_empty(x.shape[0], lora_a.shape[2], dtype=lora_a.dtype) if need_grad else None
         if out is None:
@@ -259,36 +245,15 @@ class RoutedLoRADelta(torch.autograd.Function):
         return dout_full, dx, da, db, None, None, None
 
 
-def routed_lora_delta_reference(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                                route: Route, scale: float) -> torch.Tensor:
-    """Torch: x (B, ..., d_in) -> (B, ..., d_out), scale * (x_s @ A[j_s]) @ B[k_s] on segment s.
-
-    Differentiable by autograd in any dtype (float64 for test oracles); the batch dim B must split
-    into len(route) equal segments.
-    """
-    n_seg = len(route)
-    if x.shape[0] % n_seg:
-        raise ValueError(f"batch {x.shape[0]} does not split into {n_seg} route segments")
-    segs = x.chunk(n_seg, dim=0) if n_seg > 1 else (x,)
-    outs = [scale * ((xs @ lora_a[j]) @ lora_b[k]) for xs, (j, k) in zip(segs, route, strict=True)]
-    return outs[0] if n_seg == 1 else torch.cat(outs, dim=0)
-
-
 def _check(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: Route,
            out: torch.Tensor | None, out_slice: tuple[int, int] | None) -> int:
     """Validate shapes and route (the kernel reads expert indices unchecked); returns start."""
     if lora_a.dim() != 3 or lora_b.dim() != 3 or lora_a.shape[2] != lora_b.shape[1]:
         raise ValueError(f"lora_a {tuple(lora_a.shape)} / lora_b {tuple(lora_b.shape)} are not "
                          "(M_a, d_in, r) / (M_b, r, d_out)")
-    if x.shape[-1] != lora_a.shape[1]:
-        raise ValueError(f"x has {x.shape[-1]} features, lora_a expects {lora_a.shape[1]}")
-    if not route or x.dim() < 1 or x.shape[0] % len(route):
-        raise ValueError(f"batch {x.shape[0] if x.dim() else None} does not split into "
-                         f"{len(route)} route segments")
-    for j, k in route:
-        if not (0 <= j < lora_a.shape[0] and 0 <= k < lora_b.shape[0]):
-            raise IndexError(f"route pair {(j, k)} outside {lora_a.shape[0]} down / "
-                             f"{lora_b.shape[0]} up experts")
+    if x.dim() < 2 or x.shape[-1] != lora_a.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} is not (B, ..., d_in={lora_a.shape[1]})")
+    check_route(route, x.shape[0], lora_a.shape[0], lora_b.shape[0])
     d_out = lora_b.shape[2]
     if out is None:
         if out_slice is not None:
@@ -305,49 +270,42 @@ def _check(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: R
 
 def routed_lora_delta(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: Route,
                       scale: float, out: torch.Tensor | None = None,
-                      out_slice: tuple[int, int] | None = None,
-                      use_triton: bool | None = None) -> torch.Tensor:
-    """Routed LoRA delta, optionally added in place into an output slice.
+                      out_slice: tuple[int, int] | None = None) -> torch.Tensor:
+    """Routed LoRA delta on the Triton kernels, optionally added in place into an output slice.
 
     Args:
-        x: (B, ..., d_in); the batch dim B splits into len(route) equal segments.
-        lora_a: (M_a, d_in, r); lora_b: (M_b, r, d_out); same dtype as x on the Triton path.
+        x: (B, ..., d_in) on CUDA (or on CPU under the interpreter); the batch dim B splits into
+            len(route) equal segments.
+        lora_a: (M_a, d_in, r); lora_b: (M_b, r, d_out); both in x's dtype.
         route: one (down, up) expert pair per segment.
         scale: alpha / r.
         out: optional (B, ..., d_total) base output; ``out[..., start:stop] += delta`` in place
-            (fused on the Triton path) and ``out`` is returned. Columns outside the slice are
-            not touched. Must be viewable as (N, d_total).
+            (fused into the kernel) and ``out`` is returned. Columns outside the slice are not
+            touched. Must be viewable as (N, d_total).
         out_slice: (start, stop) with stop - start = d_out; default the whole last dim.
-        use_triton: None = Triton iff x is on CUDA and x, lora_a, lora_b share a dtype (mixed
-            dtypes, e.g. under autocast, take the reference, whose matmuls autocast handles);
-            True = Triton or an error (on CPU only under the interpreter); False = reference.
 
     Returns:
         delta (B, ..., d_out) in x's dtype, or ``out``.
+
+    Raises:
+        ValueError / IndexError: shapes, slice or route that do not fit.
+        RuntimeError: Triton missing, or CPU tensors without the interpreter.
+        TypeError: x, lora_a and lora_b differ in dtype.
     """
     start = _check(x, lora_a, lora_b, route, out, out_slice)
-    if use_triton is None:
-        use_triton = (x.is_cuda and triton is not None
-                      and x.dtype == lora_a.dtype == lora_b.dtype)
-    if use_triton:
-        if triton is None:
-            raise RuntimeError("use_triton=True but triton is not installed")
-        if not x.is_cuda and not INTERPRETED:
-            raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1 in the "
-                               "environment before triton is first imported")
-        if not (x.dtype == lora_a.dtype == lora_b.dtype):
-            raise TypeError(f"x {x.dtype}, lora_a {lora_a.dtype}, lora_b {lora_b.dtype} differ")
-        x2d = x.reshape(-1, x.shape[-1])
-        if out is None:
-            delta = RoutedLoRADelta.apply(None, x2d, lora_a, lora_b, tuple(route), scale, 0)
-            return delta.view(*x.shape[:-1], lora_b.shape[2])
-        # a view, so the in-place update lands in the caller's tensor (raises if out's strides
-        # cannot be flattened, rather than silently updating a copy)
-        RoutedLoRADelta.apply(out.view(-1, out.shape[-1]), x2d, lora_a, lora_b, tuple(route),
-                              scale, start)
-        return out
-    delta = routed_lora_delta_reference(x, lora_a, lora_b, route, scale)
+    if triton is None:
+        raise RuntimeError("routed_lora_delta needs the `triton` package")
+    if not x.is_cuda and not INTERPRETED:
+        raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1 in the environment "
+                           "before triton is first imported")
+    if not (x.dtype == lora_a.dtype == lora_b.dtype):
+        raise TypeError(f"x {x.dtype}, lora_a {lora_a.dtype}, lora_b {lora_b.dtype} differ")
+    x2d = x.reshape(-1, x.shape[-1])
     if out is None:
-        return delta
-    out[..., start:start + lora_b.shape[2]] += delta.to(out.dtype)
+        delta = RoutedLoRADelta.apply(None, x2d, lora_a, lora_b, tuple(route), scale, 0)
+        return delta.view(*x.shape[:-1], lora_b.shape[2])
+    # a view, so the in-place update lands in the caller's tensor (raises if out's strides
+    # cannot be flattened, rather than silently updating a copy)
+    RoutedLoRADelta.apply(out.view(-1, out.shape[-1]), x2d, lora_a, lora_b, tuple(route), scale,
+                          start)
     return out

@@ -1,1 +1,0 @@
-"""Triton kernels and fused losses for AdaMix: each op with a torch reference."""
