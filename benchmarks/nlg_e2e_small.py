@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """E2E on a stand-in pretrained GPT-2: LoRA, AdaMix-LoRA, adapter, AdaMix-adapter, full FT.
 
-The backbone is the small GPT-2 that ``launch/pretrain_lm.py`` pre-trains here on non-E2E text,
-WebNLG / DART triples before their texts and GLUE sentences (no pretrained GPT-2 can be downloaded
-on these machines); it stays frozen except in ``full``.
+The backbone is the small GPT-2 that ``launch/pretrain_lm.py`` pre-trains here on non-E2E text
+(no pretrained GPT-2 can be downloaded on these machines); it stays frozen except in ``full``.
 Every row trains for the same number of optimizer steps on the same number of E2E training
 examples (``--steps`` x ``--batch_size``), then decodes the whole E2E test set (630 MRs) with the
 paper's beam search and is scored with the project's official-equivalent E2E scorer:
@@ -19,8 +18,7 @@ AdaMix rows are decoded under the merged (served), fixed, random and ensemble po
 trained model is kept under ``--work_dir`` and each finished decode is written at once to the JSON
 cache, so an interrupted benchmark resumes where it stopped.
 
-    python launch/pretrain_lm.py --data_dir DATA \
-        --output_dir ~/.cache/adamix_ds/standin-gpt2-6x256-d2t
+    python launch/pretrain_lm.py --data_dir DATA --output_dir ~/.cache/adamix_ds/standin-gpt2-6x256
     python benchmarks/nlg_e2e_small.py --data_dir DATA/e2e
     python benchmarks/nlg_e2e_small.py --data_dir DATA/e2e --report_only
 """
@@ -65,7 +63,7 @@ LABELS = {"lora": "LoRA r=4 (Q,V)", "adamix_lora": "AdaMix-LoRA (8, copy init, m
 DEFAULT_LR = {"lora": 1e-3, "adamix_lora": 1e-3, "adamix_lora_indep": 1e-3, "adapter": 1e-3,
               "adamix_adapter": 1e-3, "full": 2e-4}
 DEFAULT_BACKBONE = Path(os.environ.get("ADAMIX_DS_CACHE", Path.home() / ".cache" / "adamix_ds")
-                        ) / "standin-gpt2-6x256-d2t"
+                        ) / "standin-gpt2-6x256"
 
 
 def log(msg: str) -> None:

@@ -1,17 +1,15 @@
 #!/usr/bin/env python
 """Pre-train a small GPT-2 (the GPT-2 BPE) from random init on English text that is not E2E.
 
-    python launch/pretrain_lm.py --data_dir DATA \
-        --output_dir ~/.cache/adamix_ds/standin-gpt2-6x256-d2t
+    python launch/pretrain_lm.py --data_dir DATA --output_dir ~/.cache/adamix_ds/standin-gpt2-6x256
 
 DATA holds ``webnlg/``, ``dart/`` and ``glue/`` as in the project's data folder. The default
-sources are the WebNLG lexicalisations and the DART annotations that are not E2E copies, each
-after its triple set (``webnlg_pairs``, ``dart_pairs``: the stand-in learns to copy names from its
-context, as a pre-trained GPT-2 can), and the GLUE sentences; the held-out perplexity is measured
-on WebNLG dev (pairs) and GLUE dev; ``--sources webnlg,dart,glue`` gives the texts alone. Run
-the same command again to resume an interrupted run (or to see that it is finished). The result
-loads as ``--backbone OUTPUT_DIR --init pretrained`` in training, merging, export, generation and
-evaluation.
+sources are the WebNLG lexicalisations, the DART annotations that are not copies of E2E
+references, and the GLUE sentences; the held-out perplexity is measured on WebNLG dev and GLUE
+dev. ``--sources webnlg_pairs,dart_pairs,glue --heldout_sources webnlg_pairs,glue`` puts each
+WebNLG / DART text after its triple set instead. Run the same command again to resume an
+interrupted run (or to see that it is finished). The result loads as ``--backbone OUTPUT_DIR
+--init pretrained`` in training, merging, export, generation and evaluation.
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ from adamix_ds.data import load_tokenizer
 from adamix_ds.data.lm_corpus import CORPUS_SOURCES, collect_texts, pack_blocks
 from adamix_ds.pretraining import PretrainConfig, pretrain
 
-DEFAULT_SOURCES = "webnlg_pairs,dart_pairs,glue"
+DEFAULT_SOURCES = "webnlg,dart,glue"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True, help="the model directory to write")
     parser.add_argument("--sources", default=DEFAULT_SOURCES,
                         help=f"comma list of {list(CORPUS_SOURCES)} (default {DEFAULT_SOURCES})")
-    parser.add_argument("--heldout_sources", default="webnlg_pairs,glue",
+    parser.add_argument("--heldout_sources", default="webnlg,glue",
                         help="sources whose held-out split gives the perplexity")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--save_every", type=int, default=50)

@@ -9,10 +9,8 @@ The stand-in GPT-2 must never see E2E text, so that E2E stays an unseen adaptati
 * ``e2e_refs``: the references (never the MRs) of an E2E ``train.txt`` (held out: ``valid.txt``):
   only for the demo's warm-up, which is scored on the test references;
 * ``webnlg_pairs`` / ``dart_pairs``: the same texts, each after its linearised triple set, laid out
-  as the fine-tuning encoding lays out a data-to-text example (``context <eos> text <eos>``). A
-  pre-trained GPT-2 arrives knowing how to copy names from its context; a few million tokens of
-  plain text do not teach a small model that, and without it a rank-4 LoRA on Q,V cannot learn
-  E2E at all. The pairs teach copying on WebNLG / DART triples; E2E's MRs and texts stay unseen.
+  as the fine-tuning encoding lays out a data-to-text example (``context <eos> text <eos>``), to
+  show a small model names to copy from its context; E2E's MRs and texts stay unseen.
 
 Texts are de-duplicated in first-seen order, each followed by ``<|endoftext|>``, concatenated and
 cut into blocks of ``block_size`` tokens (the last partial block is dropped). A pair document holds
