@@ -32,23 +32,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .fused_lm_loss import fused_adamix_lm_loss
 
 __all__ = [
-    "CONSISTENCY_MODES",
+    "KL_MODES",
     "AdaMixLossOutput",
     "adamix_loss",
     "consistency_kl",
-    "consistency_kl_reference",
     "fused_adamix_lm_loss",
     "label_smoothed_cross_entropy",
 ]
 
 #: Allowed values of the ``mode`` argument of :func:`consistency_kl`.
-CONSISTENCY_MODES: tuple[str, ...] = ("stopgrad", "symmetric")
+KL_MODES: tuple[str, ...] = ("stopgrad", "symmetric")
 
 
 # --------------------------------------------------------------------------
@@ -78,8 +76,8 @@ def _check_chunk_tokens(chunk_tokens: int) -> None:
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in CONSISTENCY_MODES:
-        raise ValueError(f"mode must be one of {CONSISTENCY_MODES}, got mode={mode!r}")
+    if mode not in KL_MODES:
+        raise ValueError(f"mode must be one of {KL_MODES}, got mode={mode!r}")
 
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
@@ -359,7 +357,7 @@ def consistency_kl(
         logits_p: ``(..., V)`` logits of pass 1, any float dtype.
         logits_q: ``(..., V)`` logits of pass 2, same shape.
         mask: ``(...)`` bool, True for tokens that count; None means all.
-        mode: one of :data:`CONSISTENCY_MODES`.
+        mode: one of :data:`KL_MODES`.
         chunk_tokens: tokens processed at once; peak extra memory is about
             ``chunk_tokens x V`` float32 (times a small constant).
 
@@ -373,39 +371,6 @@ def consistency_kl(
     _check_chunk_tokens(chunk_tokens)
     rows = _selected_rows(mask, logits_p.shape, logits_p.device)
     return _ChunkedConsistencyKL.apply(logits_p, logits_q, rows, mode, chunk_tokens)
-
-
-def consistency_kl_reference(
-    logits_p: torch.Tensor,
-    logits_q: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    mode: str = "stopgrad",
-) -> torch.Tensor:
-    """Unchunked plain-autograd version of :func:`consistency_kl`.
-
-    Used as the test oracle and as readable documentation of the definition;
-    it materialises several ``(N, V)`` tensors, so do not train with it.
-
-    Args/returns: as :func:`consistency_kl` (without ``chunk_tokens``).
-    """
-    _check_pair(logits_p, logits_q, mode)
-    acc = _accum_dtype(logits_p, logits_q)
-    vocab = logits_p.shape[-1]
-    log_p = F.log_softmax(logits_p.to(acc), dim=-1).reshape(-1, vocab)
-    log_q = F.log_softmax(logits_q.to(acc), dim=-1).reshape(-1, vocab)
-    if mask is not None:
-        rows = _selected_rows(mask, logits_p.shape, logits_p.device)
-        log_p, log_q = log_p[rows], log_q[rows]
-    if log_p.shape[0] == 0:
-        # Mean over zero tokens would be NaN; return a graph-connected zero.
-        return (logits_p.sum() + logits_q.sum()).to(acc) * 0.0
-
-    # Target distributions: constants in "stopgrad" mode.
-    tgt_log_p = log_p.detach() if mode == "stopgrad" else log_p
-    tgt_log_q = log_q.detach() if mode == "stopgrad" else log_q
-    kl_q_p = (tgt_log_q.exp() * (tgt_log_q - log_p)).sum(dim=-1)  # KL(q || p), (N,)
-    kl_p_q = (tgt_log_p.exp() * (tgt_log_p - log_q)).sum(dim=-1)  # KL(p || q), (N,)
-    return 0.5 * (kl_p_q + kl_q_p).mean()
 
 
 # --------------------------------------------------------------------------

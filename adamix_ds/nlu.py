@@ -25,7 +25,7 @@ from torch import nn
 from .config import AdaMixConfig
 from .losses import AdaMixLossOutput, adamix_loss
 from .routing import Router
-from .training.step import CONSISTENCY_MODES  # pure torch, shared with the NLG step
+from .training.step import PASS_SCHEDULES  # pure torch, shared with the NLG step
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -93,9 +93,9 @@ def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], route
     batch: ``input_ids``, ``attention_mask`` (B, T), optional ``token_type_ids``, ``labels`` (B,).
     loss_scale: multiplies every term (this rank's share of the global example mean).
     """
-    if consistency not in CONSISTENCY_MODES:
+    if consistency not in PASS_SCHEDULES:
         raise ValueError(
-            f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}"
+            f"consistency must be one of {list(PASS_SCHEDULES)}, got {consistency!r}"
         )
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 

@@ -2,7 +2,7 @@
 
 Oracles are independent of the code under test: plain Python loops in float64,
 ``torch.nn.functional.cross_entropy``, hand-derived gradient formulas, and
-``torch.autograd.gradcheck``. ``consistency_kl_reference`` is itself checked
+``torch.autograd.gradcheck``. ``consistency_kl_reference`` (tests/loss_references.py) is checked
 against the Python loop before it is used as an oracle for the chunked path.
 """
 
@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adamix_ds.losses import (
-    CONSISTENCY_MODES,
+    KL_MODES,
     AdaMixLossOutput,
     adamix_loss,
     consistency_kl,
-    consistency_kl_reference,
     label_smoothed_cross_entropy,
 )
+from tests.loss_references import consistency_kl_reference
 
 IGNORE = -100
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -227,7 +227,7 @@ def test_ce_rejects_out_of_range_labels() -> None:
 # --------------------------------------------------------------------------
 # Consistency KL: value
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 def test_consistency_zero_for_identical_inputs(mode: str) -> None:
     a, _ = _pair((3, 4), 9, seed=10, dtype=torch.float32)
     a.requires_grad_(True)
@@ -248,13 +248,13 @@ def test_reference_matches_python_loop(use_mask: bool) -> None:
     # Validates the oracle itself before it is used below.
     a, b = _pair((3, 7), 6, seed=13)
     m = _mask((3, 7), seed=14) if use_mask else None
-    for mode in CONSISTENCY_MODES:
+    for mode in KL_MODES:
         assert consistency_kl_reference(a, b, m, mode=mode).item() == pytest.approx(
             _py_consistency(a, b, m), rel=1e-12
         )
 
 
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 @pytest.mark.parametrize("use_mask", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
 @pytest.mark.parametrize("shape", [(13,), (3, 5)])
@@ -271,7 +271,7 @@ def test_chunked_matches_loop_and_reference(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 def test_low_precision_value_and_grad(dtype: torch.dtype, mode: str) -> None:
     a64, b64 = _pair((3, 7), 50, seed=17)
     m = _mask((3, 7), seed=18)
@@ -308,7 +308,7 @@ def test_symmetric_gradcheck_float64() -> None:
     )
 
 
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 @pytest.mark.parametrize("chunk", [1, 4, 1000])
 def test_grads_match_closed_form_and_reference(mode: str, chunk: int) -> None:
     a, b = _pair((3, 5), 7, seed=21)
@@ -347,7 +347,7 @@ def test_stopgrad_is_not_the_true_gradient() -> None:
     # Guards against the two modes silently being the same computation.
     a, b = _pair((5,), 4, seed=25)
     grads = {}
-    for mode in CONSISTENCY_MODES:
+    for mode in KL_MODES:
         x = a.clone().requires_grad_(True)
         consistency_kl(x, b, mode=mode).backward()
         grads[mode] = x.grad
@@ -376,7 +376,7 @@ def test_non_contiguous_inputs() -> None:
 # --------------------------------------------------------------------------
 # Consistency KL: edge cases and validation
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 @pytest.mark.parametrize("fn", [consistency_kl, consistency_kl_reference])
 def test_empty_mask_gives_zero_and_zero_grads(mode: str, fn) -> None:
     x = torch.randn(2, 3, 5, requires_grad=True)
@@ -415,7 +415,7 @@ def test_bad_mask_and_chunk_raise() -> None:
 # --------------------------------------------------------------------------
 # Combined AdaMix loss
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 def test_adamix_loss_combines_terms(mode: str) -> None:
     a, b = _pair((3, 4), 9, seed=29)
     labels = _labels((3, 4), 9, seed=30)
@@ -466,7 +466,7 @@ def _saved_for_backward(fn) -> list[torch.Tensor]:
     return saved
 
 
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 def test_only_inputs_are_saved_for_backward(mode: str) -> None:
     tokens, vocab = 48, 32
     x = torch.randn(tokens, vocab, dtype=torch.bfloat16, requires_grad=True)
@@ -503,7 +503,7 @@ class _Float32PeakRecorder(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("mode", CONSISTENCY_MODES)
+@pytest.mark.parametrize("mode", KL_MODES)
 def test_float32_temporaries_are_bounded_by_chunk(mode: str) -> None:
     tokens, vocab, chunk = 64, 32, 8
     x = torch.randn(tokens, vocab, dtype=torch.bfloat16, requires_grad=True)

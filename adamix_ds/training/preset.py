@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ..config import AdaMixConfig, ConfigError
-from .step import CONSISTENCY_MODES
+from .step import PASS_SCHEDULES
 
 
 @dataclass
@@ -40,8 +40,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
-        if self.consistency not in CONSISTENCY_MODES:
-            raise ConfigError(f"train.consistency must be one of {list(CONSISTENCY_MODES)}, "
+        if self.consistency not in PASS_SCHEDULES:
+            raise ConfigError(f"train.consistency must be one of {list(PASS_SCHEDULES)}, "
                               f"got {self.consistency!r}")
         if self.max_steps is None and not self.epochs > 0:
             raise ConfigError(f"train.epochs must be > 0, got {self.epochs!r}")

@@ -19,7 +19,7 @@ from ..config import AdaMixConfig
 from ..losses import AdaMixLossOutput, adamix_loss, fused_adamix_lm_loss
 from ..routing import Router
 
-CONSISTENCY_MODES = ("paired", "sequential", "off")
+PASS_SCHEDULES = ("paired", "sequential", "off")
 
 
 def _hidden_and_head(model: Any) -> tuple[Callable[..., Any], torch.Tensor]:
@@ -49,9 +49,9 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
             passes are never held. Same values and gradients; the head must be bias-free and
             its weight readable here (ZeRO stage <= 2; a frozen head gets no gradient anyway).
     """
-    if consistency not in CONSISTENCY_MODES:
+    if consistency not in PASS_SCHEDULES:
         raise ValueError(
-            f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}"
+            f"consistency must be one of {list(PASS_SCHEDULES)}, got {consistency!r}"
         )
     if fused_loss:
         body, head_weight = _hidden_and_head(model)
