@@ -2,39 +2,52 @@
 
 ``adamix_loss(h1 @ W.T, h2 @ W.T, labels, w)`` needs both passes' ``(tokens, V)`` logits; at
 8 x 512 tokens x 50,257 words that is 2 x 823 MB in float32 before any softmax. Here the logits
-exist one chunk of ``chunk_tokens`` rows at a time: each chunk computes its logits, the
-label-smoothed CE of pass 1 and the consistency KL between the passes, and right away the
-gradients of the hidden states and of the head (closed forms, as in ``adamix_ds.losses``), so
-the backward only scales stored gradients (the fused-linear-cross-entropy scheme).
+exist one chunk of rows at a time: each chunk computes its logits, the label-smoothed CE of
+pass 1 and the consistency KL between the passes, and right away the gradients of the hidden
+states and of the head (the closed forms of ``adamix_ds.loss_terms``), so the backward only
+scales stored gradients (the fused-linear-cross-entropy scheme).
 
-Memory: ``O(chunk x V)`` float32 for one chunk plus gradients shaped like the inputs
-(``2 x tokens x d`` and ``V x d`` when the head trains), never ``O(tokens x V)``.
+Memory: a few ``(chunk, V)`` float32 buffers plus gradients shaped like the inputs
+(``2 x tokens x d``, and ``V x d`` when the head trains), never ``O(tokens x V)``. The default
+chunk (:func:`default_chunk_rows`) keeps one chunk's logits at an eighth of the head's own
+size, so the buffers stay below the head-gradient that a training head needs anyway.
 
-Per selected token (``labels != ignore_index``; n of them), with ``p1 = softmax(z1)``:
-    dL/dz1 = (p1 - (1 - eps) onehot(y) - eps / V) / n + w * 0.5 / n * G1
-    dL/dz2 = w * 0.5 / n * G2
-    stopgrad:  G1 = p1 - p2,                         G2 = p2 - p1
-    symmetric: G1 = p1 * (d - KL(p1||p2)) + p1 - p2, G2 = p2 * (-d - KL(p2||p1)) + p2 - p1
-with ``d = log p1 - log p2``; then ``dh = dz @ W`` and ``dW = dz^T h``.
+Per selected token (``labels != ignore_index``; n of them):
+    dL/dz1 = d nll / dz1 / n + w * 0.5 / n * G1,    dL/dz2 = w * 0.5 / n * G2
+with ``G1``, ``G2`` the consistency gradients of ``loss_terms.consistency_terms``; then
+``dh = dz @ W`` and ``dW = dz^T h``.
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from .loss_terms import (
+    accumulation_dtype,
+    consistency_terms,
+    log_softmax_,
+    smoothed_nll,
+    smoothed_nll_grad_,
+)
 
-def _consistency_grads(log_p: torch.Tensor, log_q: torch.Tensor, symmetric: bool
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(per-row KL(p||q) + KL(q||p), G_p, G_q) for one chunk, all float32/64."""
-    p, q = log_p.exp(), log_q.exp()
-    d = log_p - log_q
-    diff = p - q
-    both = (diff * d).sum(-1)
-    if not symmetric:
-        return both, diff, -diff
-    kl_pq = (p * d).sum(-1, keepdim=True)
-    kl_qp = -(q * d).sum(-1, keepdim=True)
-    return both, p * (d - kl_pq) + diff, q * (-d - kl_qp) - diff
+#: Bounds of :func:`default_chunk_rows`: below 32 rows the matmuls get thin; above 4,096 the
+#: buffers grow without making the matmuls any faster.
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 32, 4096
+
+
+def default_chunk_rows(vocab: int, hidden: int, dtype: torch.dtype) -> int:
+    """Rows per chunk so that one chunk's accumulation-dtype logits are at most 1/8 of the head.
+
+    A chunk holds four to six ``(rows, V)`` buffers (logits and gradients of both passes), so at
+    1/8 of the ``(V, d)`` head in its own ``dtype`` they stay below the head's own size. Rounded
+    down to a power of two within ``[MIN_CHUNK_ROWS, MAX_CHUNK_ROWS]``; e.g. 128 rows for
+    GPT-2 medium in float32 (V 50,257, d 1,024) and 256 for a d = 4,096 head in bfloat16.
+    """
+    acc_bytes = torch.finfo(accumulation_dtype(torch.empty(0, dtype=dtype))).bits // 8
+    head_bytes = vocab * hidden * torch.finfo(dtype).bits // 8
+    rows = max(1, head_bytes // (8 * vocab * acc_bytes))
+    rows = 1 << (rows.bit_length() - 1)
+    return min(max(rows, MIN_CHUNK_ROWS), MAX_CHUNK_ROWS)
 
 
 class FusedAdaMixLMLoss(torch.autograd.Function):
@@ -49,51 +62,49 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
                 smoothing: float, mode: str, ignore_index: int, chunk_tokens: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden_* (T, d), weight (V, d), labels (T,) -> three scalars."""
-        acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(weight)
         rows = (labels != ignore_index).nonzero().squeeze(-1)
-        n, vocab = rows.numel(), weight.shape[0]
-        need_h1, need_h2, need_w = (
-            ctx.needs_input_grad[0],
-            ctx.needs_input_grad[1],
-            ctx.needs_input_grad[2],
-        )
+        n = rows.numel()
+        need_h1, need_h2, need_w = ctx.needs_input_grad[:3]
         grad_h1 = torch.zeros_like(hidden_1) if need_h1 else None
         grad_h2 = torch.zeros_like(hidden_2) if hidden_2 is not None and need_h2 else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         task = torch.zeros((), dtype=acc, device=weight.device)
         kl = torch.zeros((), dtype=acc, device=weight.device)
-        inv_n, half_w = 1.0 / max(n, 1), 0.5 * consistency_weight
+        inv_n, kl_scale = 1.0 / max(n, 1), 0.5 * consistency_weight / max(n, 1)
         # the head in the accumulation dtype, once (a bf16 head is upcast here, not per chunk)
-        weight_acc = weight.to(acc) if (need_h1 or need_h2) else None
+        weight_acc = weight.to(acc) if (grad_h1 is not None or grad_h2 is not None) else None
         for start in range(0, n, chunk_tokens):
             idx = rows[start:start + chunk_tokens]
             h1 = hidden_1.index_select(0, idx)                       # (c, d)
-            z1 = (h1 @ weight.T).to(acc)                             # (c, V): the only big buffer
-            log_p1 = torch.log_softmax(z1, dim=-1)
+            # logits in the head's dtype (a bf16 matmul stays bf16), the softmax in acc
+            log_p1 = log_softmax_((h1 @ weight.T).to(acc))           # (c, V), a fresh buffer
             target = labels.index_select(0, idx)
-            nll = -log_p1.gather(-1, target[:, None]).squeeze(-1)
-            task += ((1 - smoothing) * nll - smoothing * log_p1.mean(-1)).sum()
-            dz1 = log_p1.exp()
-            dz1 -= smoothing / vocab
-            dz1.scatter_add_(-1, target[:, None], dz1.new_full((idx.numel(), 1), smoothing - 1))
-            dz1 *= inv_n
-            dz2 = None
+            task += smoothed_nll(log_p1, target, smoothing).sum()
+            h2 = dz2 = None
             if hidden_2 is not None:
                 h2 = hidden_2.index_select(0, idx)
-                log_p2 = torch.log_softmax((h2 @ weight.T).to(acc), dim=-1)
-                both, g1, g2 = _consistency_grads(log_p1, log_p2, mode == "symmetric")
+                log_p2 = log_softmax_((h2 @ weight.T).to(acc))
+                # the CE gradient needs p1 = exp(log p1), which the KL terms overwrite
+                ce_grad = smoothed_nll_grad_(log_p1.clone(), target, smoothing)
+                both, g1, dz2 = consistency_terms(log_p1, log_p2, mode == "symmetric",
+                                                  grad_p=True, grad_q=grad_h2 is not None or need_w)
                 kl += both.sum()
-                dz1 += (half_w * inv_n) * g1
-                dz2 = (half_w * inv_n) * g2
+                dz1 = ce_grad.mul_(inv_n).add_(g1, alpha=kl_scale)
+                del g1, log_p1, log_p2
+                if dz2 is not None:
+                    dz2.mul_(kl_scale)
+            else:
+                dz1 = smoothed_nll_grad_(log_p1, target, smoothing).mul_(inv_n)
             if grad_h1 is not None:
                 grad_h1.index_copy_(0, idx, (dz1 @ weight_acc).to(grad_h1.dtype))
             if grad_w is not None:
-                grad_w += dz1.T @ h1.to(acc)
+                grad_w.addmm_(dz1.T, h1.to(acc))  # in place: no (V, d) temporary per chunk
             if dz2 is not None:
                 if grad_h2 is not None:
                     grad_h2.index_copy_(0, idx, (dz2 @ weight_acc).to(grad_h2.dtype))
                 if grad_w is not None:
-                    grad_w += dz2.T @ h2.to(acc)
+                    grad_w.addmm_(dz2.T, h2.to(acc))
         task, consistency = task * inv_n, 0.5 * kl * inv_n
         ctx.save_for_backward(*(g for g in (grad_h1, grad_h2, grad_w) if g is not None))
         ctx.present = (grad_h1 is not None, grad_h2 is not None, grad_w is not None)
@@ -116,7 +127,7 @@ def fused_adamix_lm_loss(hidden_1: torch.Tensor, hidden_2: torch.Tensor | None,
                          lm_head_weight: torch.Tensor, labels: torch.Tensor,
                          consistency_weight: float, smoothing: float = 0.0,
                          mode: str = "stopgrad", ignore_index: int = -100,
-                         chunk_tokens: int = 1024
+                         chunk_tokens: int | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The AdaMix objective from hidden states: ``(loss, task_loss, consistency)``.
 
@@ -126,13 +137,16 @@ def fused_adamix_lm_loss(hidden_1: torch.Tensor, hidden_2: torch.Tensor | None,
         lm_head_weight: ``(V, d)`` (``nn.Linear`` layout; GPT-2 ties it to ``wte``).
         labels: ``(...)`` int64 targets, ``ignore_index`` where no loss is taken.
         consistency_weight, smoothing, mode: as ``adamix_ds.losses.adamix_loss``.
-        chunk_tokens: rows per chunk; memory is ``O(chunk_tokens x V)``.
+        chunk_tokens: rows per chunk (memory is ``O(chunk_tokens x V)``); None picks
+            :func:`default_chunk_rows` from the head's shape and dtype.
     """
     if mode not in ("stopgrad", "symmetric"):
         raise ValueError(f"mode must be 'stopgrad' or 'symmetric', got {mode!r}")
+    vocab, d = lm_head_weight.shape
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_rows(vocab, d, lm_head_weight.dtype)
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    d = lm_head_weight.shape[1]
     if hidden_1.shape[-1] != d or (hidden_2 is not None and hidden_2.shape != hidden_1.shape):
         raise ValueError(f"hidden states {tuple(hidden_1.shape)} / "
                          f"{None if hidden_2 is None else tuple(hidden_2.shape)} do not fit a "

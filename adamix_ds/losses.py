@@ -35,6 +35,13 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .fused_lm_loss import fused_adamix_lm_loss
+from .loss_terms import (
+    accumulation_dtype,
+    consistency_terms,
+    log_softmax_,
+    smoothed_nll,
+    smoothed_nll_grad_,
+)
 
 __all__ = [
     "KL_MODES",
@@ -52,18 +59,6 @@ KL_MODES: tuple[str, ...] = ("stopgrad", "symmetric")
 # --------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------
-def _accum_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """Dtype used for the math: float32, or float64 if any input is float64.
-
-    Low-precision inputs (bf16/fp16) are upcast because log-softmax over a
-    large vocabulary loses most of its digits in 8-11 bit mantissas. float64
-    stays float64 so that ``torch.autograd.gradcheck`` can be used.
-    """
-    if any(t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
-
-
 def _chunk_bounds(n: int, chunk: int) -> Iterator[tuple[int, int]]:
     """Yield ``(start, end)`` pairs covering ``range(n)`` in steps of ``chunk``."""
     for start in range(0, n, chunk):
@@ -120,11 +115,8 @@ def _selected_rows(
 class _ChunkedLabelSmoothedCE(torch.autograd.Function):
     """Mean label-smoothed CE over selected rows, chunked over tokens.
 
-    Per token, with ``lse = logsumexp(z)``:
-        nll    = lse - z_y
-        smooth = mean_k(-log p_k) = lse - mean_k(z_k)
-        loss   = (1 - eps) * nll + eps * smooth
-    and the gradient w.r.t. ``z`` is ``softmax(z) - (1 - eps) * onehot(y) - eps / V``.
+    Per token ``(1 - eps) * (-log p_y) + eps * mean_k(-log p_k)``, with the gradient
+    ``softmax(z) - (1 - eps) * onehot(y) - eps / V`` (``loss_terms.smoothed_nll[_grad_]``).
     """
 
     @staticmethod
@@ -137,17 +129,15 @@ class _ChunkedLabelSmoothedCE(torch.autograd.Function):
         chunk_tokens: int,
     ) -> torch.Tensor:
         """logits ``(..., V)``, rows ``(N,)`` int64, targets ``(N,)`` int64 -> scalar."""
-        acc = _accum_dtype(logits)
+        acc = accumulation_dtype(logits)
         vocab = logits.shape[-1]
         flat = logits.reshape(-1, vocab)  # a view for contiguous logits
         n = rows.numel()
         total = torch.zeros((), dtype=acc, device=logits.device)
         for s, e in _chunk_bounds(n, chunk_tokens):
-            z = flat.index_select(0, rows[s:e]).to(acc)  # (c, V), the only big fp32 buffer
-            lse = torch.logsumexp(z, dim=-1)  # (c,)
-            z_y = z.gather(-1, targets[s:e].unsqueeze(-1)).squeeze(-1)  # (c,)
-            per_token = lse - (1.0 - smoothing) * z_y - smoothing * z.mean(dim=-1)
-            total += per_token.sum()
+            # index_select copies, so the in-place math below never touches the logits
+            log_p = log_softmax_(flat.index_select(0, rows[s:e]).to(acc))  # (c, V)
+            total += smoothed_nll(log_p, targets[s:e], smoothing).sum()
         ctx.save_for_backward(logits, rows, targets)
         ctx.smoothing = smoothing
         ctx.chunk_tokens = chunk_tokens
@@ -160,7 +150,7 @@ class _ChunkedLabelSmoothedCE(torch.autograd.Function):
         logits, rows, targets = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        acc = _accum_dtype(logits)
+        acc = accumulation_dtype(logits)
         vocab = logits.shape[-1]
         eps: float = ctx.smoothing
         flat = logits.reshape(-1, vocab)
@@ -169,15 +159,8 @@ class _ChunkedLabelSmoothedCE(torch.autograd.Function):
         grad = torch.zeros(flat.shape, dtype=flat.dtype, device=flat.device)
         scale = grad_out.to(acc) / max(n, 1)
         for s, e in _chunk_bounds(n, ctx.chunk_tokens):
-            z = flat.index_select(0, rows[s:e]).to(acc)
-            g = torch.softmax(z, dim=-1)
-            g -= eps / vocab
-            g.scatter_add_(
-                -1,
-                targets[s:e].unsqueeze(-1),
-                torch.full((e - s, 1), -(1.0 - eps), dtype=acc, device=g.device),
-            )
-            g *= scale
+            log_p = log_softmax_(flat.index_select(0, rows[s:e]).to(acc))
+            g = smoothed_nll_grad_(log_p, targets[s:e], eps).mul_(scale)
             grad.index_copy_(0, rows[s:e], g.to(grad.dtype))
         return grad.view(logits.shape), None, None, None, None
 
@@ -254,7 +237,7 @@ class _ChunkedConsistencyKL(torch.autograd.Function):
         chunk_tokens: int,
     ) -> torch.Tensor:
         """logits_p, logits_q ``(..., V)``, rows ``(N,)`` int64 -> scalar."""
-        acc = _accum_dtype(logits_p, logits_q)
+        acc = accumulation_dtype(logits_p, logits_q)
         vocab = logits_p.shape[-1]
         flat_p = logits_p.reshape(-1, vocab)
         flat_q = logits_q.reshape(-1, vocab)
@@ -262,9 +245,9 @@ class _ChunkedConsistencyKL(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=logits_p.device)
         for s, e in _chunk_bounds(n, chunk_tokens):
             idx = rows[s:e]
-            log_p = torch.log_softmax(flat_p.index_select(0, idx).to(acc), dim=-1)
-            log_q = torch.log_softmax(flat_q.index_select(0, idx).to(acc), dim=-1)
-            total += ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum()
+            log_p = log_softmax_(flat_p.index_select(0, idx).to(acc))
+            log_q = log_softmax_(flat_q.index_select(0, idx).to(acc))
+            total += consistency_terms(log_p, log_q, False, grad_p=False, grad_q=False)[0].sum()
         # Only the inputs are saved; the backward recomputes the softmaxes, so
         # no (tokens x V) float32 tensor outlives the forward.
         ctx.save_for_backward(logits_p, logits_q, rows)
@@ -279,7 +262,7 @@ class _ChunkedConsistencyKL(torch.autograd.Function):
         need_p, need_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_p or need_q):
             return None, None, None, None, None
-        acc = _accum_dtype(logits_p, logits_q)
+        acc = accumulation_dtype(logits_p, logits_q)
         vocab = logits_p.shape[-1]
         flat_p = logits_p.reshape(-1, vocab)
         flat_q = logits_q.reshape(-1, vocab)
@@ -295,25 +278,15 @@ class _ChunkedConsistencyKL(torch.autograd.Function):
         scale = 0.5 * grad_out.to(acc) / max(n, 1)
         for s, e in _chunk_bounds(n, ctx.chunk_tokens):
             idx = rows[s:e]
-            log_p = torch.log_softmax(flat_p.index_select(0, idx).to(acc), dim=-1)
-            log_q = torch.log_softmax(flat_q.index_select(0, idx).to(acc), dim=-1)
-            p, q = log_p.exp(), log_q.exp()
-            diff = p - q  # shared "p - q" term of both modes
-            if symmetric:
-                d = log_p - log_q
-                if grad_p is not None:
-                    kl_pq = (p * d).sum(dim=-1, keepdim=True)
-                    g = p * (d - kl_pq) + diff
-                    grad_p.index_copy_(0, idx, (g * scale).to(grad_p.dtype))
-                if grad_q is not None:
-                    kl_qp = -(q * d).sum(dim=-1, keepdim=True)
-                    g = q * (-d - kl_qp) - diff
-                    grad_q.index_copy_(0, idx, (g * scale).to(grad_q.dtype))
-            else:
-                if grad_p is not None:
-                    grad_p.index_copy_(0, idx, (diff * scale).to(grad_p.dtype))
-                if grad_q is not None:
-                    grad_q.index_copy_(0, idx, (diff * -scale).to(grad_q.dtype))
+            log_p = log_softmax_(flat_p.index_select(0, idx).to(acc))
+            log_q = log_softmax_(flat_q.index_select(0, idx).to(acc))
+            _, g_p, g_q = consistency_terms(
+                log_p, log_q, symmetric, grad_p=grad_p is not None, grad_q=grad_q is not None
+            )
+            if g_p is not None:
+                grad_p.index_copy_(0, idx, g_p.mul_(scale).to(grad_p.dtype))
+            if g_q is not None:
+                grad_q.index_copy_(0, idx, g_q.mul_(scale).to(grad_q.dtype))
         return (
             grad_p.view(logits_p.shape) if grad_p is not None else None,
             grad_q.view(logits_q.shape) if grad_q is not None else None,

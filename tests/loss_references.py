@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adamix_ds.losses import _accum_dtype, _check_pair, _selected_rows
+from adamix_ds.loss_terms import accumulation_dtype as _accum_dtype
+from adamix_ds.losses import _check_pair, _selected_rows
 
 
 def consistency_kl_reference(

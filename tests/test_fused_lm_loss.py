@@ -19,7 +19,7 @@ def _inputs(dtype: torch.dtype, tokens: int = 37, d: int = 24, vocab: int = 53, 
 
 
 @pytest.mark.parametrize("mode", ["stopgrad", "symmetric"])
-@pytest.mark.parametrize("chunk", [1, 8, 1000])
+@pytest.mark.parametrize("chunk", [1, 8, 1000, None])
 @pytest.mark.parametrize("two_passes", [True, False])
 def test_values_and_gradients_equal_the_plain_loss(mode: str, chunk: int, two_passes: bool) -> None:
     h1, h2, weight, labels = _inputs(torch.float64)
