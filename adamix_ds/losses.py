@@ -363,6 +363,13 @@ class AdaMixLossOutput:
     task_loss: torch.Tensor
     consistency: torch.Tensor
 
+    def scaled(self, factor: float | torch.Tensor) -> AdaMixLossOutput:
+        """Every term times ``factor`` (a float, or a 0-dim tensor that stays on its device)."""
+        if not isinstance(factor, torch.Tensor) and factor == 1.0:
+            return self
+        return AdaMixLossOutput(self.loss * factor, self.task_loss * factor,
+                                self.consistency * factor)
+
 
 def adamix_loss(
     logits_1: torch.Tensor,

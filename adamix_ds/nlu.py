@@ -86,7 +86,7 @@ def nlu_loss(scores_1: torch.Tensor, scores_2: torch.Tensor | None, labels: torc
 
 def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], router: Router,
                 cfg: AdaMixConfig, consistency: str = "paired", label_smoothing: float = 0.0,
-                loss_scale: float = 1.0, mask_token_id: int | None = None,
+                loss_scale: float | torch.Tensor = 1.0, mask_token_id: int | None = None,
                 word_ids: Sequence[int] | None = None) -> AdaMixLossOutput:
     """Forward the routed passes of an NLU batch and return its AdaMix loss.
 
@@ -117,10 +117,7 @@ def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], route
             s1, s2 = scores(ids, **rest), None
     weight = cfg.consistency_weight if s2 is not None else 0.0
     out = nlu_loss(s1, s2, batch["labels"], weight, label_smoothing, cfg.consistency_mode)
-    if loss_scale != 1.0:
-        out = AdaMixLossOutput(out.loss * loss_scale, out.task_loss * loss_scale,
-                               out.consistency * loss_scale)
-    return out
+    return out.scaled(loss_scale)
 
 
 @torch.no_grad()

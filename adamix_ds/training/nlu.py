@@ -179,7 +179,7 @@ def nlu_task(preset: Preset) -> TrainTask:
     model = build_nlu_backbone(preset, setup)
 
     def forward(engine: Any, batch: dict[str, torch.Tensor], router: Router,
-                scale: float) -> AdaMixLossOutput:
+                scale: torch.Tensor) -> AdaMixLossOutput:
         return nlu_forward(engine, batch, router, cfg, train.consistency, train.label_smoothing,
                            loss_scale=scale, mask_token_id=setup.mask_token_id,
                            word_ids=setup.word_ids)

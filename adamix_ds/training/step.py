@@ -34,7 +34,8 @@ def _hidden_and_head(model: Any) -> tuple[Callable[..., Any], torch.Tensor]:
 
 def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor], router: Router,
                    cfg: AdaMixConfig, consistency: str = "paired", label_smoothing: float = 0.0,
-                   loss_scale: float = 1.0, fused_loss: bool = False) -> AdaMixLossOutput:
+                   loss_scale: float | torch.Tensor = 1.0, fused_loss: bool = False
+                   ) -> AdaMixLossOutput:
     """Forward the routed passes and return the AdaMix loss (not yet backpropagated).
 
     Args:
@@ -45,7 +46,7 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
         loss_scale: multiplies every term; the trainer uses it to turn this rank's token mean
             into its share of the global token mean (n_local * world / n_global).
         fused_loss: run the model without its LM head and compute the loss from the hidden
-            states in token chunks (``kernels.fused_lm_loss``): the (B, T, V) logits of the
+            states in token chunks (``adamix_ds.fused_lm_loss``): the (B, T, V) logits of the
             passes are never held. Same values and gradients; the head must be bias-free and
             its weight readable here (ZeRO stage <= 2; a frozen head gets no gradient anyway).
     """
@@ -86,10 +87,7 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
     else:
         out = adamix_loss(out_1, out_2, shifted_labels, weight, smoothing=label_smoothing,
                           mode=cfg.consistency_mode)
-    if loss_scale != 1.0:
-        out = AdaMixLossOutput(out.loss * loss_scale, out.task_loss * loss_scale,
-                               out.consistency * loss_scale)
-    return out
+    return out.scaled(loss_scale)
 
 
 def count_target_tokens(labels: torch.Tensor) -> int:

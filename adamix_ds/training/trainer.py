@@ -1,13 +1,15 @@
 """The training run every task family shares: data -> backbone + AdaMix -> engine -> loop -> export.
 
-One optimizer step = ``gradient_accumulation_steps`` micro-batches; each micro-batch is one
-routed forward (both passes, :class:`TrainTask.forward`), ``engine.backward``, ``engine.step``
-and then ``router.advance()`` (after backward, so recomputed activations see the same route).
+One optimizer step (``loop.train_step``) = ``gradient_accumulation_steps`` micro-batches; each
+micro-batch is one routed forward (both passes, :class:`TrainTask.forward`), ``engine.backward``,
+``engine.step`` and then ``router.advance()`` (after backward, so recomputed activations see the
+same route). Statistics stay on the device until a step is logged.
 A task family (NLG here, NLU in ``training/nlu.py``) only says how to build its model and data,
 how to compute the loss of a batch, and what to do with the finished model.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -29,13 +31,13 @@ from ..losses import AdaMixLossOutput
 from ..routing import Router, counter_hash
 from .ds_config import read_ds_config
 from .engine import build_engine, gather_adaptation_state, total_optimizer_steps
+from .loop import ForwardFn, StepStats, micro_batch_stream, train_step
 from .monitor import TrainMonitor
 from .preset import Preset
 from .sampler import ShardedBatchOrder
 from .state import PreemptionFlag, load_checkpoint, save_checkpoint
 from .step import adamix_forward, count_target_tokens
 
-_DROPOUT_STREAM = 0xD5_0F
 _EXPERT_INIT_STREAM = 0x1A17
 
 
@@ -45,16 +47,18 @@ class TrainTask:
 
     model: the backbone, not yet injected (the loop injects AdaMix with a seeded RNG).
     dataset: indexable examples; ``collate`` turns a list of them into a batch of tensors.
-    count_targets: the loss-carrying units of a batch (target tokens, or examples), which the
-        loop sums over ranks so the loss is a mean over the global batch.
-    forward: (engine, batch, router, loss_scale) -> the AdaMix loss of the micro-batch.
+    count_targets: the loss-carrying units of a batch (target tokens, or examples; a tensor on
+        the batch's device or an int), which the loop sums over ranks so the loss is a mean over
+        the global batch.
+    forward: (engine, batch, router, loss_scale) -> the AdaMix loss of the micro-batch;
+        ``loss_scale`` is a 0-dim tensor on the device.
     finish: rank 0, after a finished run: (output_dir) -> None (samples, dev evaluation).
     """
     model: nn.Module
     dataset: Sequence[Any]
     collate: Callable[[list[Any]], dict[str, torch.Tensor]]
-    count_targets: Callable[[dict[str, torch.Tensor]], int]
-    forward: Callable[[Any, dict[str, torch.Tensor], Router, float], AdaMixLossOutput]
+    count_targets: Callable[[dict[str, torch.Tensor]], torch.Tensor | int]
+    forward: ForwardFn
     finish: Callable[[Path], None] | None = None
 
 
@@ -64,13 +68,6 @@ class RunResult:
     step: int
     losses: list[float]      # mean loss of each logged optimizer step (rank 0's view, global)
     output_dir: Path
-
-
-def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def _set_monitor_paths(ds_config: dict[str, Any], output_dir: Path) -> None:
@@ -93,7 +90,7 @@ def nlg_task(preset: Preset) -> TrainTask:
     pad_id = tokenizer.eos_token_id
 
     def forward(engine: Any, batch: dict[str, torch.Tensor], router: Router,
-                scale: float) -> AdaMixLossOutput:
+                scale: torch.Tensor) -> AdaMixLossOutput:
         return adamix_forward(engine, batch, router, cfg, train.consistency,
                               train.label_smoothing, loss_scale=scale,
                               fused_loss=train.fused_loss)
@@ -155,72 +152,44 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
     step = position["step"]
     monitor = TrainMonitor(output_dir, total_steps, step, engine, enabled=rank == 0)
     flag = PreemptionFlag()
-    sums, logged, micro_in_step, status = [0.0] * 5, [], 0, "finished"
+    logged: list[float] = []
+    status = "finished"
     saved_step: int | None = None  # the final save is skipped when this step is already saved
-    tick = time.perf_counter()
+    window, tick = StepStats.zeros(engine.device), time.perf_counter()  # since the last log
+    stream = micro_batch_stream(order, position)
 
     def state() -> dict[str, Any]:
         return {"router": router.state_dict(), "position": dict(position, step=step),
                 "preset": preset.to_dict()}
 
     try:
-        while step < total_steps and status == "finished":
-            for indices in order.batches(position["epoch"], position["batch"]):
-                batch = task.collate([dataset[i] for i in indices])
-                batch = {k: v.to(engine.device) for k, v in batch.items()}
-                # Dropout masks are a function of (seed, micro-step, rank): exact on resume.
-                torch.manual_seed(counter_hash(train.seed, _DROPOUT_STREAM, router.step, rank)
-                                  >> 1)
-                n_local = task.count_targets(batch)
-                n_global = _all_reduce_sum([n_local], engine.device)[0]
-                scale = n_local * world / n_global if n_global else 0.0
-                out = task.forward(engine, batch, router, scale)
-                engine.backward(out.loss)
-                engine.step()
-                router.advance()
-                position["batch"] += 1
-                micro_in_step += 1
-                tokens = float(batch["attention_mask"].sum())
-                sums = [
-                    s + v
-                    for s, v in zip(
-                        sums,
-                        (
-                            out.loss.item(),
-                            out.task_loss.item(),
-                            out.consistency.item(),
-                            1.0,
-                            tokens,
-                        ),
-                        strict=True,
-                    )
-                ]
-                if micro_in_step < accumulation:
-                    continue
-                micro_in_step = 0
-                step += 1
-                monitor.advance()
-                if step % train.log_every == 0 or step == total_steps:
-                    loss, task_loss, kl, count, tokens = _all_reduce_sum(sums, engine.device)
-                    now = time.perf_counter()
-                    values = {"loss": loss / count, "task_loss": task_loss / count,
-                              "consistency": kl / count, "lr": scheduler.get_last_lr()[0],
-                              "tokens_per_s": tokens / (now - tick)}
-                    logged.append(values["loss"])
-                    monitor.log(step, values)
-                    sums, tick = [0.0] * 5, now
-                if train.route_check_every and step % train.route_check_every == 0:
-                    router.check_consistency()
-                if flag.agreed(engine.device):
-                    status = "preempted"
-                if status == "preempted" or (train.save_every and step % train.save_every == 0):
-                    _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir,
-                          preset)
-                    saved_step = step
-                if status == "preempted" or step >= total_steps:
-                    break
-            else:
-                position["epoch"], position["batch"] = position["epoch"] + 1, 0
+        while step < total_steps:
+            micro_batches = [{k: v.to(engine.device) for k, v in
+                              task.collate([dataset[i] for i in indices]).items()}
+                             for indices in itertools.islice(stream, accumulation)]
+            window += train_step(engine, task.forward, router, micro_batches,
+                                 [task.count_targets(b) for b in micro_batches], train.seed,
+                                 rank, world)
+            step += 1
+            monitor.advance()
+            if step % train.log_every == 0 or step == total_steps:
+                means, now = window.global_means(), time.perf_counter()
+                values = {"loss": means["loss"], "task_loss": means["task_loss"],
+                          "consistency": means["consistency"], "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_s": means["tokens"] / (now - tick)}
+                logged.append(values["loss"])
+                monitor.log(step, values)
+                window, tick = StepStats.zeros(engine.device), now
+            if train.route_check_every and step % train.route_check_every == 0:
+                router.check_consistency()
+            if flag.agreed(engine.device):
+                status = "preempted"
+            if status == "preempted" or (train.save_every and step % train.save_every == 0):
+                _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir,
+                      preset)
+                saved_step = step
+            if status == "preempted":
+                break
     finally:
         flag.restore()
     if status == "finished" and saved_step != step:

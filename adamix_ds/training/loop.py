@@ -1,0 +1,126 @@
+"""One optimizer step of the shared training loop, and the statistics it leaves on the device.
+
+An optimizer step is ``gradient_accumulation_steps`` micro-batches. Before the first forward the
+step all-reduces the loss-carrying units of every micro-batch at once (one collective per step),
+so each micro-batch's loss can be scaled to its share of the *global* mean. The statistics stay
+on the device as tensors: the host reads them only when the loop logs (one all-reduce and one
+copy per logged step), so a GPU is never stalled by ``.item()`` between micro-batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..losses import AdaMixLossOutput
+from ..routing import Router, counter_hash
+from .sampler import ShardedBatchOrder
+
+DROPOUT_STREAM = 0xD5_0F
+
+#: ``(engine, batch, router, loss_scale) -> AdaMixLossOutput``: a task family's routed forward.
+ForwardFn = Callable[[Any, dict[str, torch.Tensor], Router, torch.Tensor], AdaMixLossOutput]
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op without a process group); returns it."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@dataclass
+class StepStats:
+    """Sums over micro-batches of this rank, as float64 tensors on the training device.
+
+    ``loss``, ``task_loss`` and ``consistency`` add up each micro-batch's (scaled) value, so
+    their sum over ranks divided by the summed ``micro_batches`` is the mean per micro-batch of
+    the global loss; ``tokens`` counts attended tokens (for throughput).
+    """
+
+    loss: torch.Tensor
+    task_loss: torch.Tensor
+    consistency: torch.Tensor
+    micro_batches: torch.Tensor
+    tokens: torch.Tensor
+
+    FIELDS = ("loss", "task_loss", "consistency", "micro_batches", "tokens")
+
+    @classmethod
+    def zeros(cls, device: torch.device | str) -> StepStats:
+        return cls(*torch.zeros(len(cls.FIELDS), dtype=torch.float64, device=device))
+
+    def add_micro_batch(self, out: AdaMixLossOutput, tokens: torch.Tensor) -> None:
+        """Accumulate one micro-batch's detached loss terms (no host sync)."""
+        for name, value in (("loss", out.loss), ("task_loss", out.task_loss),
+                            ("consistency", out.consistency)):
+            getattr(self, name).add_(value.detach().to(torch.float64))
+        self.micro_batches.add_(1.0)
+        self.tokens.add_(tokens.to(torch.float64))
+
+    def __iadd__(self, other: StepStats) -> StepStats:
+        for name in self.FIELDS:
+            getattr(self, name).add_(getattr(other, name))
+        return self
+
+    def global_means(self) -> dict[str, float]:
+        """All-reduce over ranks and read on the host (the one sync): per-micro-batch means of
+        the three loss terms, and the summed token count."""
+        vector = all_reduce_sum(torch.stack([getattr(self, n) for n in self.FIELDS]))
+        loss, task_loss, consistency, count, tokens = vector.tolist()
+        count = max(count, 1.0)
+        return {"loss": loss / count, "task_loss": task_loss / count,
+                "consistency": consistency / count, "tokens": tokens}
+
+
+def micro_batch_stream(order: ShardedBatchOrder, position: dict[str, int]
+                       ) -> Iterator[list[int]]:
+    """This rank's micro-batches (example indices) from ``position`` on, across epochs.
+
+    ``position`` (``epoch``, ``batch``) is advanced as batches are taken, so a checkpoint written
+    between two steps records where the next step starts.
+    """
+    while True:
+        for indices in order.batches(position["epoch"], position["batch"]):
+            position["batch"] += 1
+            yield indices
+        position["epoch"], position["batch"] = position["epoch"] + 1, 0
+
+
+def train_step(engine: Any, forward: ForwardFn, router: Router,
+               micro_batches: Sequence[dict[str, torch.Tensor]],
+               target_counts: Sequence[torch.Tensor | int], seed: int, rank: int,
+               world: int) -> StepStats:
+    """Forward, backward and ``engine.step`` for each micro-batch of one optimizer step.
+
+    Args:
+        engine: the DeepSpeed engine (its ``step`` applies the optimizer at the step's last
+            micro-batch).
+        forward: the task family's routed forward.
+        micro_batches: the step's batches, already on ``engine.device``.
+        target_counts: loss-carrying units of each micro-batch on this rank.
+        seed, rank, world: dropout masks are a function of (seed, micro-step, rank), so they
+            replay exactly on resume.
+
+    Returns:
+        This step's :class:`StepStats` (on the device).
+    """
+    device = engine.device
+    local = torch.stack([torch.as_tensor(c, dtype=torch.float64, device=device)
+                         for c in target_counts])
+    global_counts = all_reduce_sum(local.clone())  # the step's one collective
+    # each rank's share of the global mean: n_local * world / n_global (0 for an empty batch)
+    scales = torch.where(global_counts > 0, local * world / global_counts.clamp_min(1.0),
+                         torch.zeros_like(local))
+    stats = StepStats.zeros(device)
+    for batch, scale in zip(micro_batches, scales, strict=True):
+        torch.manual_seed(counter_hash(seed, DROPOUT_STREAM, router.step, rank) >> 1)
+        out = forward(engine, batch, router, scale.to(torch.float32))
+        engine.backward(out.loss)
+        engine.step()
+        router.advance()  # after backward: recomputed activations see the same route
+        stats.add_micro_batch(out, batch["attention_mask"].sum())
+    return stats
