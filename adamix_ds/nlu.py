@@ -24,8 +24,8 @@ from torch import nn
 
 from .config import AdaMixConfig
 from .losses import AdaMixLossOutput, adamix_loss
+from .passes import check_schedule, routed_passes
 from .routing import Router
-from .training.step import PASS_SCHEDULES  # pure torch, shared with the NLG step
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -93,28 +93,13 @@ def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], route
     batch: ``input_ids``, ``attention_mask`` (B, T), optional ``token_type_ids``, ``labels`` (B,).
     loss_scale: multiplies every term (this rank's share of the global example mean).
     """
-    if consistency not in PASS_SCHEDULES:
-        raise ValueError(
-            f"consistency must be one of {list(PASS_SCHEDULES)}, got {consistency!r}"
-        )
+    check_schedule(consistency)
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
-    def scores(ids: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-        return output_scores(model(input_ids=ids, **kw).logits, ids, mask_token_id, word_ids)
+    def scores(kw: dict[str, torch.Tensor]) -> torch.Tensor:
+        return output_scores(model(**kw).logits, kw["input_ids"], mask_token_id, word_ids)
 
-    ids, rest = inputs.pop("input_ids"), inputs
-    if consistency == "paired":
-        with router.use_passes(0, 1):
-            both = scores(torch.cat([ids, ids]), **{k: torch.cat([v, v]) for k, v in rest.items()})
-        s1, s2 = both.chunk(2)
-    elif consistency == "sequential":
-        with router.use_passes(0):
-            s1 = scores(ids, **rest)
-        with router.use_passes(1):
-            s2 = scores(ids, **rest)
-    else:
-        with router.use_passes(0):
-            s1, s2 = scores(ids, **rest), None
+    s1, s2 = routed_passes(scores, inputs, router, consistency)
     weight = cfg.consistency_weight if s2 is not None else 0.0
     out = nlu_loss(s1, s2, batch["labels"], weight, label_smoothing, cfg.consistency_mode)
     return out.scaled(loss_scale)

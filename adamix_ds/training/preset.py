@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ..config import AdaMixConfig, ConfigError
-from .step import PASS_SCHEDULES
+from ..passes import PASS_SCHEDULES
 
 
 @dataclass

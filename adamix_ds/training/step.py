@@ -1,11 +1,7 @@
 """One AdaMix training forward: two routed passes, task loss on pass 1, consistency between them.
 
-Pure torch (works with a DeepSpeed engine or a plain module as ``model``). Two ways to run the
-two passes, with the same loss and gradients when dropout is off:
-* ``paired`` (default): one forward over ``cat(batch, batch)``; the router gives the first half
-  route A (pass 0) and the second half route B (pass 1). One launch per layer, and under ZeRO-3
-  one parameter gather per layer instead of two.
-* ``sequential``: two forwards, pass 0 then pass 1 (half the activation memory at a time).
+Pure torch (works with a DeepSpeed engine or a plain module as ``model``); the passes run under
+one of ``adamix_ds.passes.PASS_SCHEDULES`` (paired / sequential / off).
 """
 from __future__ import annotations
 
@@ -17,9 +13,10 @@ from torch import nn
 
 from ..config import AdaMixConfig
 from ..losses import AdaMixLossOutput, adamix_loss, fused_adamix_lm_loss
+from ..passes import PASS_SCHEDULES, check_schedule, routed_passes
 from ..routing import Router
 
-PASS_SCHEDULES = ("paired", "sequential", "off")
+__all__ = ["PASS_SCHEDULES", "adamix_forward", "count_target_tokens"]
 
 
 def _hidden_and_head(model: Any) -> tuple[Callable[..., Any], torch.Tensor]:
@@ -50,31 +47,17 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
             passes are never held. Same values and gradients; the head must be bias-free and
             its weight readable here (ZeRO stage <= 2; a frozen head gets no gradient anyway).
     """
-    if consistency not in PASS_SCHEDULES:
-        raise ValueError(
-            f"consistency must be one of {list(PASS_SCHEDULES)}, got {consistency!r}"
-        )
+    check_schedule(consistency)
     if fused_loss:
         body, head_weight = _hidden_and_head(model)
 
-        def run(**inputs: torch.Tensor) -> torch.Tensor:
+        def run(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             return body(**inputs).last_hidden_state                  # (B, T, d)
     else:
-        def run(**inputs: torch.Tensor) -> torch.Tensor:
+        def run(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(**inputs).logits                            # (B, T, V)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if consistency == "paired":
-        doubled = {k: torch.cat([v, v]) for k, v in inputs.items()}
-        with router.use_passes(0, 1):
-            out_1, out_2 = run(**doubled).chunk(2)                   # 2 x (B, T, V or d)
-    elif consistency == "sequential":
-        with router.use_passes(0):
-            out_1 = run(**inputs)
-        with router.use_passes(1):
-            out_2 = run(**inputs)
-    else:
-        with router.use_passes(0):
-            out_1, out_2 = run(**inputs), None
+    out_1, out_2 = routed_passes(run, inputs, router, consistency)   # 2 x (B, T, V or d)
     # causal-LM alignment: position t predicts token t+1
     out_1, shifted_labels = out_1[:, :-1], batch["labels"][:, 1:]
     if out_2 is not None:

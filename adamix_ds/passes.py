@@ -1,0 +1,55 @@
+"""The routed passes of one AdaMix training forward, for every task family.
+
+AdaMix compares two forwards with independent routes. How they run is the pass schedule:
+
+* ``paired`` (default): one forward over ``cat(inputs, inputs)``; the router gives the first
+  half route A (pass 0) and the second half route B (pass 1). One launch per layer, and under
+  ZeRO-3 one parameter gather per layer instead of two.
+* ``sequential``: two forwards, pass 0 then pass 1 (each holds one pass's activations while it
+  runs; the autograd graph keeps both until backward).
+* ``off``: one forward with route A and no second pass (no consistency term).
+
+Both passes give the same loss and gradients under ``paired`` and ``sequential`` when dropout is
+off. Pure torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .routing import Router
+
+#: Allowed pass schedules (``train.consistency`` in a preset).
+PASS_SCHEDULES: tuple[str, ...] = ("paired", "sequential", "off")
+
+
+def check_schedule(schedule: str, name: str = "consistency") -> None:
+    """Raise a ValueError naming ``name`` unless ``schedule`` is one of :data:`PASS_SCHEDULES`."""
+    if schedule not in PASS_SCHEDULES:
+        raise ValueError(f"{name} must be one of {list(PASS_SCHEDULES)}, got {schedule!r}")
+
+
+def routed_passes(run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                  inputs: dict[str, torch.Tensor], router: Router, schedule: str
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``run`` under the pass ``schedule``; returns (output of pass 1, of pass 2 or None).
+
+    Args:
+        run: ``inputs -> output`` whose first dim is the batch (``(B, ...)``).
+        inputs: model inputs, each ``(B, ...)``; ``paired`` concatenates them with themselves.
+        router: the model's router (its passes select the routes).
+        schedule: one of :data:`PASS_SCHEDULES`.
+    """
+    check_schedule(schedule)
+    if schedule == "paired":
+        with router.use_passes(0, 1):
+            out = run({k: torch.cat([v, v]) for k, v in inputs.items()})
+        first, second = out.chunk(2)
+        return first, second
+    with router.use_passes(0):
+        first = run(inputs)
+    if schedule == "off":
+        return first, None
+    with router.use_passes(1):
+        return first, run(inputs)
