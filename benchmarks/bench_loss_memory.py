@@ -98,8 +98,8 @@ def time_and_check(args: argparse.Namespace) -> tuple[dict[str, float], dict[str
         return call
 
     reference = run("plain")()
-    deviation = {}
-    for variant in VARIANTS:
+    deviation = {"plain": 0.0}
+    for variant in VARIANTS[1:]:
         got = run(variant)()
         deviation[variant] = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
                                  for a, b in zip(got, reference, strict=True))

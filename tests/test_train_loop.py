@@ -72,7 +72,6 @@ def collectives(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
 
 def test_train_step_matches_a_plain_loop_with_one_collective(collectives) -> None:
     weight = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
-    seen_scales: list[float] = []
 
     def forward(engine, batch, router, scale) -> AdaMixLossOutput:
         task = (weight * batch["x"]).sum()
@@ -98,7 +97,6 @@ def test_train_step_matches_a_plain_loop_with_one_collective(collectives) -> Non
         want_task, want_kl = want_task + s * task, want_kl + s * kl
         want_loss += s * (task + 3.0 * kl)
         want_grad += s * (batch["x"] + 6.0 * w)
-        seen_scales.append(s)
     torch.testing.assert_close(weight.grad, want_grad)
     for got, want in ((stats.loss, want_loss), (stats.task_loss, want_task),
                       (stats.consistency, want_kl), (stats.micro_batches, 3.0),
@@ -109,8 +107,8 @@ def test_train_step_matches_a_plain_loop_with_one_collective(collectives) -> Non
 
 def test_global_means_reduce_once_and_divide_by_the_micro_batch_count(collectives) -> None:
     stats = StepStats.zeros("cpu")
-    stats += StepStats(*torch.tensor([6.0, 4.0, 0.5, 2.0, 30.0], dtype=torch.float64))
-    stats += StepStats(*torch.tensor([2.0, 2.0, 0.0, 2.0, 10.0], dtype=torch.float64))
+    stats += StepStats(torch.tensor([6.0, 4.0, 0.5, 2.0, 30.0], dtype=torch.float64))
+    stats += StepStats(torch.tensor([2.0, 2.0, 0.0, 2.0, 10.0], dtype=torch.float64))
     means = stats.global_means()
     assert len(collectives) == 1
     # both "ranks" alike: sums double, counts double; means are unchanged, tokens double

@@ -34,43 +34,41 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class StepStats:
-    """Sums over micro-batches of this rank, as float64 tensors on the training device.
+    """Sums over micro-batches of this rank: one float64 vector on the training device.
 
-    ``loss``, ``task_loss`` and ``consistency`` add up each micro-batch's (scaled) value, so
-    their sum over ranks divided by the summed ``micro_batches`` is the mean per micro-batch of
-    the global loss; ``tokens`` counts attended tokens (for throughput).
+    ``sums`` holds, in :data:`FIELDS` order, the (scaled) ``loss``, ``task_loss`` and
+    ``consistency`` of each micro-batch, the number of micro-batches and the attended tokens; so
+    the sum over ranks of a loss term divided by the summed micro-batch count is the mean per
+    micro-batch of the global loss.
     """
 
-    loss: torch.Tensor
-    task_loss: torch.Tensor
-    consistency: torch.Tensor
-    micro_batches: torch.Tensor
-    tokens: torch.Tensor
+    sums: torch.Tensor  # (5,) float64
 
     FIELDS = ("loss", "task_loss", "consistency", "micro_batches", "tokens")
 
     @classmethod
     def zeros(cls, device: torch.device | str) -> StepStats:
-        return cls(*torch.zeros(len(cls.FIELDS), dtype=torch.float64, device=device))
+        return cls(torch.zeros(len(cls.FIELDS), dtype=torch.float64, device=device))
 
     def add_micro_batch(self, out: AdaMixLossOutput, tokens: torch.Tensor) -> None:
         """Accumulate one micro-batch's detached loss terms (no host sync)."""
-        for name, value in (("loss", out.loss), ("task_loss", out.task_loss),
-                            ("consistency", out.consistency)):
-            getattr(self, name).add_(value.detach().to(torch.float64))
-        self.micro_batches.add_(1.0)
-        self.tokens.add_(tokens.to(torch.float64))
+        terms = (out.loss, out.task_loss, out.consistency, torch.ones_like(out.loss), tokens)
+        self.sums += torch.stack([t.detach().to(torch.float64) for t in terms])
 
     def __iadd__(self, other: StepStats) -> StepStats:
-        for name in self.FIELDS:
-            getattr(self, name).add_(getattr(other, name))
+        self.sums += other.sums
         return self
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        """``stats.loss`` ... ``stats.tokens``: the 0-dim entries of ``sums``."""
+        if name in StepStats.FIELDS:
+            return self.sums[StepStats.FIELDS.index(name)]
+        raise AttributeError(name)
 
     def global_means(self) -> dict[str, float]:
         """All-reduce over ranks and read on the host (the one sync): per-micro-batch means of
         the three loss terms, and the summed token count."""
-        vector = all_reduce_sum(torch.stack([getattr(self, n) for n in self.FIELDS]))
-        loss, task_loss, consistency, count, tokens = vector.tolist()
+        loss, task_loss, consistency, count, tokens = all_reduce_sum(self.sums.clone()).tolist()
         count = max(count, 1.0)
         return {"loss": loss / count, "task_loss": task_loss / count,
                 "consistency": consistency / count, "tokens": tokens}

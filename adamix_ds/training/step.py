@@ -73,6 +73,7 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
     return out.scaled(loss_scale)
 
 
-def count_target_tokens(labels: torch.Tensor) -> int:
-    """Tokens that carry loss after the causal shift."""
-    return int((labels[:, 1:] != -100).sum())
+def count_target_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens that carry loss after the causal shift: a 0-dim int64 tensor on ``labels``'
+    device (counted there, so the training loop reads nothing back to the host)."""
+    return (labels[:, 1:] != -100).sum()
