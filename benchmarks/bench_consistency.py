@@ -21,7 +21,7 @@ import torch
 
 from adamix_ds import AdaMixConfig, inject_adamix
 from adamix_ds.backbones import load_backbone
-from adamix_ds.training.step import adamix_forward
+from adamix_ds.tasks.nlg import adamix_forward
 
 VARIANTS = {  # name -> (experts, consistency)
     "adamix_paired": (8, "paired"),

@@ -50,7 +50,7 @@ from adamix_ds.data.nlg import resolve_split_file  # noqa: E402
 from adamix_ds.evaluation.generate import decode_contexts  # noqa: E402
 from adamix_ds.evaluation.pipeline import scored_texts, split_groups  # noqa: E402
 from adamix_ds.losses import adamix_loss  # noqa: E402
-from adamix_ds.training.step import adamix_forward  # noqa: E402
+from adamix_ds.tasks.nlg import adamix_forward  # noqa: E402
 from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
 from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 

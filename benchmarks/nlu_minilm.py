@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
 from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
-from adamix_ds.nlu import nlu_forward, predict  # noqa: E402
+from adamix_ds.tasks.nlu import nlu_forward, predict  # noqa: E402
 from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
 from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 

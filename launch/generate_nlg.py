@@ -37,6 +37,8 @@ from adamix_ds.evaluation.pipeline import (
     split_groups,
     write_generation,
 )
+from adamix_ds.inference import experts_missing
+from adamix_ds.routing import Router
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -137,8 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def check_policy_flags(args: argparse.Namespace, model: torch.nn.Module,
+                       router: Router | None) -> None:
+    """Refuse an inference request the loaded model cannot serve, naming the flags."""
+    if args.ensemble_passes < 1:
+        raise ValueError(f"--ensemble_passes must be >= 1, got {args.ensemble_passes}")
+    if args.ensemble_passes != 1 and args.inference != "ensemble":
+        raise ValueError(f"--ensemble_passes {args.ensemble_passes} needs --inference ensemble")
+    if args.inference != "merged" and (missing := experts_missing(model, router)):
+        raise ValueError(f"--inference {args.inference} routes among the experts, but the model "
+                         f"has {missing}: load the unmerged mixture checkpoint")
+
+
 def run(args: argparse.Namespace) -> int:
     job = prepare_decoding(args, merge=args.inference == "merged")
+    check_policy_flags(args, job.loaded.model, job.loaded.router)
     rank, world, groups, task = job.rank, job.world, job.groups, job.task
     settings = beam_settings(args)
     start = time.perf_counter()

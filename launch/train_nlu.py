@@ -28,8 +28,8 @@ from adamix_ds.config import INFERENCE_MODES, ConfigError
 from adamix_ds.data import LMBFF_SEEDS, GlueFormatError
 from adamix_ds.evaluation.report import atomic_write_text
 from adamix_ds.kernels import KERNEL_MODES, set_kernel_mode
+from adamix_ds.preset import Preset, add_override_flags, preset_with_overrides
 from adamix_ds.training.ds_config import DSConfigError
-from adamix_ds.training.preset import Preset, add_override_flags, preset_with_overrides
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str), "init": (None, "init", str),
@@ -103,7 +103,7 @@ def summarize(runs: dict[int, dict], output_dir: Path) -> dict:
 
 
 def evaluate_only(args: argparse.Namespace) -> int:
-    from adamix_ds.training.nlu import load_nlu_model, score_run
+    from adamix_ds.tasks.nlu import load_nlu_model, score_run
 
     policies = [p for p in args.policies.split(",") if p]
     unknown = sorted(set(policies) - set(INFERENCE_MODES))
@@ -118,7 +118,8 @@ def evaluate_only(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from adamix_ds.training.nlu import train_nlu, with_head_trainable  # imports deepspeed
+    from adamix_ds.tasks.nlu import with_head_trainable
+    from adamix_ds.training.trainer import train_nlu  # imports deepspeed
 
     preset = with_head_trainable(preset_from_args(args))
     set_kernel_mode(args.kernels)

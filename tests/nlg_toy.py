@@ -10,8 +10,8 @@ from adamix_ds.backbones import load_backbone
 from adamix_ds.checkpoint import save_adaptation
 from adamix_ds.data import collate_nlg, load_nlg_dataset, load_tokenizer
 from adamix_ds.inject import inject_adamix
-from adamix_ds.training.preset import Preset
-from adamix_ds.training.step import adamix_forward
+from adamix_ds.preset import Preset
+from adamix_ds.tasks.nlg import adamix_forward
 
 TOY_PRESET = {
     "backbone": "gpt2",

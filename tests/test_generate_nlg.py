@@ -22,6 +22,7 @@ from adamix_ds.evaluation.generate import decode_contexts
 from adamix_ds.evaluation.pipeline import load_decoding_model, write_generation
 from adamix_ds.merging import merge_experts
 from adamix_ds.routing import _EVAL_STREAM
+from tests.no_deepspeed import run_without_deepspeed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,6 +139,19 @@ def test_generate_script_writes_official_files(toy_checkpoint: Path, tmp_path: P
     assert hyps == decode_contexts(loaded.model, loaded.tokenizer, [mr for mr, _ in groups], FAST)
 
 
+def test_decoding_never_imports_deepspeed(toy_checkpoint: Path, tmp_path: Path) -> None:
+    """The serving path (load, route as an ensemble, beam search, write) runs without the
+    training stack: deepspeed is not in the script's ``sys.modules`` at its exit."""
+    proc = run_without_deepspeed(REPO / "launch/generate_nlg.py",
+                                 ["--checkpoint", str(toy_checkpoint), "--limit", "2",
+                                  *FAST_FLAGS, "--inference", "ensemble", "--ensemble_passes",
+                                  "2", "--output_dir", str(tmp_path / "gen")],
+                                 cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                 timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((tmp_path / "gen" / "hypotheses.txt").read_text().splitlines()) == 2
+
+
 def test_peft_export_decodes_like_the_merged_checkpoint(toy_checkpoint: Path, contexts: list[str],
                                                          tmp_path: Path) -> None:
     mixture = load_decoding_model(toy_checkpoint, merge=False)
@@ -153,7 +167,7 @@ def test_peft_export_decodes_like_the_merged_checkpoint(toy_checkpoint: Path, co
     served = load_decoding_model(toy_checkpoint)
     assert decode_contexts(peft.model, peft.tokenizer, contexts, FAST) == \
         decode_contexts(served.model, served.tokenizer, contexts, FAST)
-    with pytest.raises(ValueError, match="--inference random routes among the experts"):
+    with pytest.raises(ValueError, match="policy 'random' routes among the experts"):
         decode_contexts(peft.model, peft.tokenizer, contexts, FAST, router=peft.router,
                         inference="random")
 

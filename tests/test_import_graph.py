@@ -98,3 +98,14 @@ def test_deepspeed_only_in_training() -> None:
 def test_library_has_no_import_cycle() -> None:
     cycle = find_cycle(import_graph(PACKAGE_ROOT))
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_nothing_outside_training_reaches_training() -> None:
+    """A module outside ``training/`` that imported it would pull deepspeed in transitively
+    (``--eval_only`` and decoding must run without it)."""
+    graph = import_graph(PACKAGE_ROOT)
+    reach = sorted(m for m, targets in graph.items()
+                   if not m.startswith("adamix_ds.training")
+                   and any(t == "adamix_ds.training" or t.startswith("adamix_ds.training.")
+                           for t in targets))
+    assert reach == [], reach

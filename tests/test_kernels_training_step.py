@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from adamix_ds import AdaMixConfig, inject_adamix
 from adamix_ds.kernels import kernel_mode, set_kernel_mode, use_kernels
-from adamix_ds.training.step import adamix_forward
+from adamix_ds.tasks.nlg import adamix_forward
 from tests.models import tiny_model, tokens
 
 CONFIGS = {

@@ -1,5 +1,6 @@
-"""AdaMix for NLU (adamix_ds/nlu.py): losses against float64 per-example references and closed-form
-gradients, prompt scoring at the mask, and the inference policies against plain loops."""
+"""AdaMix for NLU (adamix_ds/tasks/nlu.py): losses against float64 per-example references and
+closed-form gradients, prompt scoring at the mask, and the inference policies against plain
+loops."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ from torch import nn
 
 from adamix_ds import AdaMixConfig, inject_adamix
 from adamix_ds.inject import adaptation_parameters
-from adamix_ds.nlu import label_word_ids, nlu_forward, nlu_loss, output_scores, predict
+from adamix_ds.tasks.nlu import label_word_ids, nlu_forward, nlu_loss, output_scores, predict
 from tests.models import VOCAB, tiny_model
 
 WEIGHT = 1.5

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adamix_ds.passes import PASS_SCHEDULES, routed_passes
 from adamix_ds.routing import Router
+from adamix_ds.tasks.base import PASS_SCHEDULES, routed_passes
 
 
 def _recording_run(router: Router, calls: list[tuple[tuple[int, ...], int]]):

@@ -1,4 +1,4 @@
-"""Tests for presets (adamix_ds.training.preset), launch/train_nlg.py's overrides, and the schedule
+"""Tests for presets (adamix_ds.preset), launch/train_nlg.py's overrides, and the schedule
 arithmetic of adamix_ds.training.engine.
 
 Expected values are written by hand (key names in error messages, override results, an LR table
@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from adamix_ds.config import AdaMixConfig, ConfigError
+from adamix_ds.preset import Preset, TrainSettings
 from adamix_ds.training.ds_config import read_ds_config
-from adamix_ds.training.preset import Preset, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "launch" / "presets").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""Tests for adamix_ds.training.step (one AdaMix training forward), pure torch on CPU.
+"""Tests for adamix_ds.tasks.nlg (one AdaMix training forward), pure torch on CPU.
 
 Oracles: a float64 Python loop for label-smoothed CE and the symmetric KL over the target tokens
 of hand-shifted logits (each pass computed separately with ``router.use_passes``), hand-counted
@@ -15,7 +15,7 @@ from torch import nn
 
 from adamix_ds import AdaMixConfig, inject_adamix
 from adamix_ds.inject import adaptation_parameters
-from adamix_ds.training.step import adamix_forward, count_target_tokens
+from adamix_ds.tasks.nlg import adamix_forward, count_target_tokens
 from tests.models import VOCAB, tiny_model
 
 IGNORE = -100

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from ..inference import member_mean_probs
+
 
 @dataclass(frozen=True)
 class BeamSettings:
@@ -86,11 +88,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
 
 def _member_logprobs(logits: torch.Tensor, members: int) -> torch.Tensor:
     """(members * N, V) logits -> (N, V) log of the members' mean probability."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 kept
-    if members == 1:
-        return torch.log_softmax(logits, dim=-1)
-    probs = torch.softmax(logits, dim=-1).unflatten(0, (members, -1)).mean(0)
-    return probs.log()
+    if members == 1:  # log_softmax: exact where a tiny probability's log would underflow
+        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    return member_mean_probs(logits, members).log()
 
 
 def _upper_bound(beam_scores: torch.Tensor, step: int, settings: BeamSettings) -> torch.Tensor:

@@ -1,27 +1,20 @@
 """Decoding NLG test sets with an AdaMix model under one inference policy.
 
-Policies (the paper's ablations, its Table 6):
-
-* ``merged``: the experts averaged into one module (Eq. 3); the default and the served model;
-* ``fixed``: expert 0 on both sides;
-* ``random``: one random route per decode, drawn from the router's eval stream (``route_draw``
-  picks the draw, so K draws give K random sub-networks of the mixture);
-* ``ensemble``: T randomly routed members whose probabilities are averaged at every step.
+The policies (merged / fixed / random / ensemble) are ``adamix_ds.inference``'s; ``random``
+draws one route per decode, ``ensemble`` averages the members' probabilities at every step.
 
 Each unique context is decoded once (E2E test: 630 MRs, not 4,693 lines), in batches of prompts of
 similar length, and the outputs come back in input order.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import INFERENCE_MODES
-from ..inject import adamix_layers
+from ..inference import inference_policy
 from ..routing import Router
 from .beam import BeamSettings, beam_search
 
@@ -47,42 +40,6 @@ def default_prompt_budget(model: nn.Module, settings: BeamSettings) -> int:
         raise ValueError(f"the model has {positions} positions: no room for a prompt and "
                          f"{settings.max_new_tokens} new tokens")
     return budget
-
-
-@contextlib.contextmanager
-def inference_policy(model: nn.Module, router: Router | None, mode: str,
-                     ensemble_passes: int = 1, route_draw: int = 0) -> Iterator[int]:
-    """Route ``model`` with one inference policy; yields the number of ensemble members.
-
-    Raises:
-        ValueError: an unknown mode, or a policy that needs the experts on a model that has none
-            (merged / folded layers, a PEFT model, no router).
-    """
-    if mode not in INFERENCE_MODES:
-        raise ValueError(f"--inference must be one of {list(INFERENCE_MODES)}, got {mode!r}")
-    if mode != "ensemble" and ensemble_passes != 1:
-        raise ValueError(f"--ensemble_passes {ensemble_passes} needs --inference ensemble")
-    if ensemble_passes < 1:
-        raise ValueError(f"--ensemble_passes must be >= 1, got {ensemble_passes}")
-    if mode != "merged":
-        layers = adamix_layers(model)
-        single = [name for name, layer in layers.items()
-                  if layer.merged_mode is not None or getattr(layer, "folded", False)]
-        if router is None or not layers or single:
-            where = f"merged/folded layers such as {single[0]}" if single else "no AdaMix experts"
-            raise ValueError(f"--inference {mode} routes among the experts, but the model has "
-                             f"{where}: load the unmerged mixture checkpoint")
-    if router is None:
-        yield 1
-        return
-    saved_draw = router.eval_draw
-    router.eval_draw = route_draw
-    members = ensemble_passes if mode == "ensemble" else 1
-    try:
-        with router.use_inference(mode), router.use_passes(*range(members)):
-            yield members
-    finally:
-        router.eval_draw = saved_draw
 
 
 def _prompts(model: nn.Module, tokenizer: Any, unique: Sequence[str], settings: BeamSettings,

@@ -10,8 +10,8 @@ from torch import nn
 
 from ..config import AdaMixConfig
 from ..inject import saved_parameters
+from ..preset import TrainSettings
 from .ds_config import offloads_optimizer
-from .preset import TrainSettings
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):

@@ -8,7 +8,7 @@ copy per logged step), so a GPU is never stalled by ``.item()`` between micro-ba
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +17,10 @@ import torch.distributed as dist
 
 from ..losses import AdaMixLossOutput
 from ..routing import Router, counter_hash
+from ..tasks.base import ForwardFn
 from .sampler import ShardedBatchOrder
 
 DROPOUT_STREAM = 0xD5_0F
-
-#: ``(engine, batch, router, loss_scale) -> AdaMixLossOutput``: a task family's routed forward.
-ForwardFn = Callable[[Any, dict[str, torch.Tensor], Router, torch.Tensor], AdaMixLossOutput]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

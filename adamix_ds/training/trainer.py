@@ -4,7 +4,7 @@ One optimizer step (``loop.train_step``) = ``gradient_accumulation_steps`` micro
 micro-batch is one routed forward (both passes, :class:`TrainTask.forward`), ``engine.backward``,
 ``engine.step`` and then ``router.advance()`` (after backward, so recomputed activations see the
 same route). Statistics stay on the device until a step is logged.
-A task family (NLG here, NLU in ``training/nlu.py``) only says how to build its model and data,
+A task family (``adamix_ds.tasks.nlg`` / ``.nlu``) only says how to build its model and data,
 how to compute the loss of a batch, and what to do with the finished model.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,45 +21,22 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from ..backbones import load_backbone
 from ..checkpoint import save_adaptation
-from ..data import collate_nlg, load_nlg_dataset, load_nlg_records, load_tokenizer, tokenizer_source
 from ..inject import inject_adamix
-from ..losses import AdaMixLossOutput
-from ..routing import Router, counter_hash
+from ..preset import Preset
+from ..routing import counter_hash
+from ..tasks.base import TrainTask
+from ..tasks.nlg import nlg_task
+from ..tasks.nlu import nlu_task
 from .ds_config import read_ds_config
 from .engine import build_engine, gather_adaptation_state, total_optimizer_steps
-from .loop import ForwardFn, StepStats, micro_batch_stream, train_step
+from .loop import StepStats, micro_batch_stream, train_step
 from .monitor import TrainMonitor
-from .preset import Preset
 from .sampler import ShardedBatchOrder
 from .state import PreemptionFlag, load_checkpoint, save_checkpoint
-from .step import adamix_forward, count_target_tokens
 
 _EXPERT_INIT_STREAM = 0x1A17
-
-
-@dataclass
-class TrainTask:
-    """What the shared loop needs from a task family.
-
-    model: the backbone, not yet injected (the loop injects AdaMix with a seeded RNG).
-    dataset: indexable examples; ``collate`` turns a list of them into a batch of tensors.
-    count_targets: the loss-carrying units of a batch (target tokens, or examples; a tensor on
-        the batch's device or an int), which the loop sums over ranks so the loss is a mean over
-        the global batch.
-    forward: (engine, batch, router, loss_scale) -> the AdaMix loss of the micro-batch;
-        ``loss_scale`` is a 0-dim tensor on the device.
-    finish: rank 0, after a finished run: (output_dir) -> None (samples, dev evaluation).
-    """
-    model: nn.Module
-    dataset: Sequence[Any]
-    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
-    count_targets: Callable[[dict[str, torch.Tensor]], torch.Tensor | int]
-    forward: ForwardFn
-    finish: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -79,34 +56,17 @@ def _set_monitor_paths(ds_config: dict[str, Any], output_dir: Path) -> None:
             cfg.setdefault("job_name", "adamix")
 
 
-def nlg_task(preset: Preset) -> TrainTask:
-    """E2E / WebNLG / DART on a causal LM: token-level CE + consistency on the target tokens."""
-    train, cfg = preset.train, preset.adamix
-    tokenizer = load_tokenizer(tokenizer_source(preset.tokenizer, preset.backbone))
-    dataset = load_nlg_dataset(preset.task, "train", preset.data_dir, tokenizer,
-                               preset.max_seq_len, max_examples=preset.max_train_examples)
-    model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
-                          **preset.backbone_config)
-    pad_id = tokenizer.eos_token_id
-
-    def forward(engine: Any, batch: dict[str, torch.Tensor], router: Router,
-                scale: torch.Tensor) -> AdaMixLossOutput:
-        return adamix_forward(engine, batch, router, cfg, train.consistency,
-                              train.label_smoothing, loss_scale=scale,
-                              fused_loss=train.fused_loss)
-
-    def finish(output_dir: Path) -> None:
-        if train.sample_after:
-            print_samples(preset, output_dir / "adaptation", tokenizer, train.sample_after)
-
-    return TrainTask(model, dataset, lambda examples: collate_nlg(examples, pad_id),
-                     lambda batch: count_target_tokens(batch["labels"]), forward, finish)
-
-
 def train_nlg(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
               resume: bool = True) -> RunResult:
     """Run (or resume) NLG training; every rank calls this."""
     return run_training(preset, ds_config_path, output_dir, nlg_task, resume)
+
+
+def train_nlu(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
+              resume: bool = True) -> RunResult:
+    """Run (or resume) NLU training; every rank calls this (GLUE presets: pass them through
+    ``tasks.nlu.with_head_trainable`` first, so the classification head trains)."""
+    return run_training(preset, ds_config_path, output_dir, nlu_task, resume)
 
 
 def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | Path,
@@ -210,24 +170,3 @@ def _save(engine: Any, checkpoints: Path, step: int, client: dict[str, Any], kee
     if engine.global_rank == 0:
         save_adaptation(engine.module, output_dir / "adaptation", preset.adamix, state=state,
                         extra={"step": step, "preset": preset.to_dict()})
-
-
-def print_samples(preset: Preset, adaptation_dir: Path, tokenizer: Any, count: int) -> list[str]:
-    """Rebuild the run's model from the exported adaptation, merged, and decode test inputs."""
-    from ..data import group_references
-    from ..evaluation.generate import decode_contexts
-    from ..evaluation.pipeline import load_decoding_model
-
-    model = load_decoding_model(adaptation_dir, dtype=torch.float32).model
-    groups = group_references(load_nlg_records(preset.task, "test", preset.data_dir))[:count]
-    outputs = decode_contexts(model, tokenizer, [g["context"] for g in groups])
-    print("\nMerged AdaMix model on test inputs:")
-    for group, text in zip(groups, outputs, strict=True):
-        # An undertrained model may rank the stop token first: say so rather than print nothing.
-        shown = (
-            text or "(empty: the model stops at once; train longer or use a pretrained backbone)"
-        )
-        print(
-            f"  input : {group['context']}\n  output: {shown}\n  ref   : {group['references'][0]}\n"
-        )
-    return outputs

@@ -206,9 +206,9 @@ def _fresh_model(preset_json: Path):
     """The run's model as train_nlg builds it before training (same seeds), on this process."""
     from adamix_ds.backbones import load_backbone
     from adamix_ds.inject import inject_adamix
+    from adamix_ds.preset import Preset
     from adamix_ds.routing import counter_hash
     from adamix_ds.training import trainer
-    from adamix_ds.training.preset import Preset
 
     preset = Preset.from_dict(json.loads(preset_json.read_text()), source=str(preset_json))
     model = load_backbone(preset.backbone, init=preset.init, seed=preset.train.seed,

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from ..config import AdaMixConfig, ConfigError
-from ..passes import PASS_SCHEDULES
+from .config import AdaMixConfig, ConfigError
+from .tasks.base import PASS_SCHEDULES
 
 
 @dataclass

@@ -1,22 +1,34 @@
-"""One AdaMix training forward: two routed passes, task loss on pass 1, consistency between them.
+"""The NLG task family: E2E / WebNLG / DART on a causal LM.
 
-Pure torch (works with a DeepSpeed engine or a plain module as ``model``); the passes run under
-one of ``adamix_ds.passes.PASS_SCHEDULES`` (paired / sequential / off).
+One training forward is two routed passes (``tasks.base.PASS_SCHEDULES``), token-level
+label-smoothed CE of pass 1 on the target tokens and the consistency term between the passes.
+Pure torch: ``model`` is a DeepSpeed engine or a plain module alike.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..backbones import load_backbone
 from ..config import AdaMixConfig
+from ..data import (
+    collate_nlg,
+    group_references,
+    load_nlg_dataset,
+    load_nlg_records,
+    load_tokenizer,
+    tokenizer_source,
+)
+from ..evaluation.generate import decode_contexts
+from ..evaluation.pipeline import load_decoding_model
 from ..losses import AdaMixLossOutput, adamix_loss, fused_adamix_lm_loss
-from ..passes import PASS_SCHEDULES, check_schedule, routed_passes
+from ..preset import Preset
 from ..routing import Router
-
-__all__ = ["PASS_SCHEDULES", "adamix_forward", "count_target_tokens"]
+from .base import TrainTask, check_schedule, routed_passes
 
 
 def _hidden_and_head(model: Any) -> tuple[Callable[..., Any], torch.Tensor]:
@@ -77,3 +89,44 @@ def count_target_tokens(labels: torch.Tensor) -> torch.Tensor:
     """Tokens that carry loss after the causal shift: a 0-dim int64 tensor on ``labels``'
     device (counted there, so the training loop reads nothing back to the host)."""
     return (labels[:, 1:] != -100).sum()
+
+
+def nlg_task(preset: Preset) -> TrainTask:
+    """The :class:`TrainTask` of an NLG preset: token-level CE + consistency on the targets."""
+    train, cfg = preset.train, preset.adamix
+    tokenizer = load_tokenizer(tokenizer_source(preset.tokenizer, preset.backbone))
+    dataset = load_nlg_dataset(preset.task, "train", preset.data_dir, tokenizer,
+                               preset.max_seq_len, max_examples=preset.max_train_examples)
+    model = load_backbone(preset.backbone, init=preset.init, seed=train.seed,
+                          **preset.backbone_config)
+    pad_id = tokenizer.eos_token_id
+
+    def forward(engine: Any, batch: dict[str, torch.Tensor], router: Router,
+                scale: torch.Tensor) -> AdaMixLossOutput:
+        return adamix_forward(engine, batch, router, cfg, train.consistency,
+                              train.label_smoothing, loss_scale=scale,
+                              fused_loss=train.fused_loss)
+
+    def finish(output_dir: Path) -> None:
+        if train.sample_after:
+            print_samples(preset, output_dir / "adaptation", tokenizer, train.sample_after)
+
+    return TrainTask(model, dataset, lambda examples: collate_nlg(examples, pad_id),
+                     lambda batch: count_target_tokens(batch["labels"]), forward, finish)
+
+
+def print_samples(preset: Preset, adaptation_dir: Path, tokenizer: Any, count: int) -> list[str]:
+    """Rebuild the run's model from the exported adaptation, merged, and decode test inputs."""
+    model = load_decoding_model(adaptation_dir, dtype=torch.float32).model
+    groups = group_references(load_nlg_records(preset.task, "test", preset.data_dir))[:count]
+    outputs = decode_contexts(model, tokenizer, [g["context"] for g in groups])
+    print("\nMerged AdaMix model on test inputs:")
+    for group, text in zip(groups, outputs, strict=True):
+        # An undertrained model may rank the stop token first: say so rather than print nothing.
+        shown = (
+            text or "(empty: the model stops at once; train longer or use a pretrained backbone)"
+        )
+        print(
+            f"  input : {group['context']}\n  output: {shown}\n  ref   : {group['references'][0]}\n"
+        )
+    return outputs

@@ -1,4 +1,8 @@
-"""The routed passes of one AdaMix training forward, for every task family.
+"""What every task family gives the training loop, and the routed passes they all run.
+
+A task family (``tasks.nlg``, ``tasks.nlu``) builds a :class:`TrainTask`: its backbone, data,
+routed forward and what to do with the finished model. The DeepSpeed loop in
+``adamix_ds.training`` runs any of them; nothing here imports deepspeed.
 
 AdaMix compares two forwards with independent routes. How they run is the pass schedule:
 
@@ -14,11 +18,16 @@ off. Pure torch.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from .routing import Router
+from ..losses import AdaMixLossOutput
+from ..routing import Router
 
 #: Allowed pass schedules (``train.consistency`` in a preset).
 PASS_SCHEDULES: tuple[str, ...] = ("paired", "sequential", "off")
@@ -53,3 +62,29 @@ def routed_passes(run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         return first, None
     with router.use_passes(1):
         return first, run(inputs)
+
+
+#: ``(model, batch, router, loss_scale) -> AdaMixLossOutput``: a task family's routed forward;
+#: ``model`` is the training engine or the plain module, ``loss_scale`` a 0-dim tensor.
+ForwardFn = Callable[[Any, dict[str, torch.Tensor], Router, torch.Tensor], AdaMixLossOutput]
+
+
+@dataclass
+class TrainTask:
+    """What the shared training loop needs from a task family.
+
+    model: the backbone, not yet injected (the loop injects AdaMix with a seeded RNG).
+    dataset: indexable examples; ``collate`` turns a list of them into a batch of tensors.
+    count_targets: the loss-carrying units of a batch (target tokens, or examples; a tensor on
+        the batch's device or an int), which the loop sums over ranks so the loss is a mean over
+        the global batch.
+    forward: the routed forward and loss of one micro-batch (:data:`ForwardFn`).
+    finish: rank 0, after a finished run: (output_dir) -> None (samples, dev evaluation).
+    """
+
+    model: nn.Module
+    dataset: Sequence[Any]
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]]
+    count_targets: Callable[[dict[str, torch.Tensor]], torch.Tensor | int]
+    forward: ForwardFn
+    finish: Callable[[Path], None] | None = None
