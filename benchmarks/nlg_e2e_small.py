@@ -70,13 +70,16 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def adamix_config(method: str, seed: int) -> AdaMixConfig | None:
-    """The adaptation of each row (None: full fine-tuning)."""
+def adamix_config(method: str, seed: int, consistency_weight: float = 100.0
+                  ) -> AdaMixConfig | None:
+    """The adaptation of each row (None: full fine-tuning); ``consistency_weight`` is the AdaMix
+    rows' w (the paper's 100 for GPT-2; 0 keeps the two routed passes without the term)."""
     lora = dict(method="lora", rank=4, alpha=32, targets=("q", "v"), lora_dropout=0.1,
                 share="up", routing_seed=seed)
     adapter = dict(method="adapter", bottleneck=8, placement="ffn", activation="gelu_tanh",
                    share="up", routing_seed=seed)
-    mixture = dict(num_experts=8, consistency_weight=100.0, consistency_mode="stopgrad")
+    mixture = dict(num_experts=8, consistency_weight=consistency_weight,
+                   consistency_mode="stopgrad")
     if method == "lora":
         return AdaMixConfig(num_experts=1, consistency_weight=0.0, **lora)
     if method == "adamix_lora":
@@ -98,7 +101,7 @@ def policies_of(method: str) -> tuple[str, ...]:
 def build(method: str, args: argparse.Namespace, seed: int):
     """(model, router or None, cfg or None, trained params, serving params)."""
     model = load_backbone(str(args.backbone), init="pretrained")
-    cfg = adamix_config(method, seed)
+    cfg = adamix_config(method, seed, args.consistency_weight)
     if cfg is None:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -227,7 +230,7 @@ def file_digest(*paths: Path) -> str:
 
 def settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Everything that decides a run's result besides (method, seed)."""
-    cfg = adamix_config(method, 0)
+    cfg = adamix_config(method, 0, args.consistency_weight)
     return {"version": SCRIPT_VERSION, "backbone": args.backbone_digest, "data": args.data_digest,
             "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr[method],
             "weight_decay": args.weight_decay, "warmup": args.warmup,
@@ -285,6 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_seq_len", type=int, default=192)
     parser.add_argument("--max_test", type=int, default=None,
                         help="first N test MRs only (smoke runs; the report says so)")
+    parser.add_argument("--consistency_weight", type=float, default=100.0,
+                        help="w of the AdaMix rows (0: routed passes without the term, an "
+                             "ablation; the cache keys runs on it)")
     parser.add_argument("--ensemble_passes", type=int, default=4)
     parser.add_argument("--decode_batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -300,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         parser.error(f"--methods: {bad} not in {list(METHODS)}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.consistency_weight < 0:
+        parser.error(f"--consistency_weight must be >= 0, got {args.consistency_weight}")
     lr = dict(DEFAULT_LR)
     for item in filter(None, (s.strip() for s in args.lr.split(","))):
         name, _, value = item.partition("=")
