@@ -5,7 +5,8 @@
 exist one chunk of rows at a time: each chunk computes its logits, the label-smoothed CE of
 pass 1 and the consistency KL between the passes, and right away the gradients of the hidden
 states and of the head (the closed forms of ``adamix_ds.loss_terms``), so the backward only
-scales stored gradients (the fused-linear-cross-entropy scheme).
+scales stored gradients (the fused-linear-cross-entropy scheme). The per-chunk math is
+``loss_terms.adamix_chunk_``, the same as ``adamix_loss``'s.
 
 Memory: a few ``(chunk, V)`` float32 buffers plus gradients shaped like the inputs
 (``2 x tokens x d``, and ``V x d`` when the head trains), never ``O(tokens x V)``. The default
@@ -22,13 +23,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .loss_terms import (
-    accumulation_dtype,
-    consistency_terms,
-    log_softmax_,
-    smoothed_nll,
-    smoothed_nll_grad_,
-)
+from .loss_terms import accumulation_dtype, adamix_chunk_
 
 #: Bounds of :func:`default_chunk_rows`: below 32 rows the matmuls get thin; above 4,096 the
 #: buffers grow without making the matmuls any faster.
@@ -74,37 +69,40 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
         inv_n, kl_scale = 1.0 / max(n, 1), 0.5 * consistency_weight / max(n, 1)
         # the head in the accumulation dtype, once (a bf16 head is upcast here, not per chunk)
         weight_acc = weight.to(acc) if (grad_h1 is not None or grad_h2 is not None) else None
+        width = min(chunk_tokens, max(n, 1))
+        buffers = [torch.empty(width, weight.shape[0], dtype=acc, device=weight.device)
+                   for _ in range(3 if hidden_2 is not None else 2)]
+
+        def logits_of(h: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+            """``(c, V)`` logits of ``h`` ``(c, d)`` in acc: written into ``buffer`` when the
+            head is in acc already (no allocation per chunk), else a bf16 matmul upcast."""
+            if weight.dtype == acc and h.dtype == acc:
+                return torch.mm(h, weight.T, out=buffer[: h.shape[0]])
+            return (h @ weight.T).to(acc)
+
         for start in range(0, n, chunk_tokens):
             idx = rows[start:start + chunk_tokens]
+            c = idx.numel()
             h1 = hidden_1.index_select(0, idx)                       # (c, d)
-            # logits in the head's dtype (a bf16 matmul stays bf16), the softmax in acc
-            log_p1 = log_softmax_((h1 @ weight.T).to(acc))           # (c, V), a fresh buffer
-            target = labels.index_select(0, idx)
-            task += smoothed_nll(log_p1, target, smoothing).sum()
-            h2 = dz2 = None
+            z1 = logits_of(h1, buffers[0])                           # (c, V)
+            h2 = z2 = None
             if hidden_2 is not None:
                 h2 = hidden_2.index_select(0, idx)
-                log_p2 = log_softmax_((h2 @ weight.T).to(acc))
-                # the CE gradient needs p1 = exp(log p1), which the KL terms overwrite
-                ce_grad = smoothed_nll_grad_(log_p1.clone(), target, smoothing)
-                both, g1, dz2 = consistency_terms(log_p1, log_p2, mode == "symmetric",
-                                                  grad_p=True, grad_q=grad_h2 is not None or need_w)
+                z2 = logits_of(h2, buffers[1])
+            # the logits are overwritten by dL/dz of this chunk (the shared closed forms)
+            nll, both = adamix_chunk_(z1, z2, labels.index_select(0, idx), smoothing,
+                                      mode == "symmetric", inv_n, kl_scale, z1, z2,
+                                      buffers[-1][:c])
+            task += nll.sum()
+            if both is not None:
                 kl += both.sum()
-                dz1 = ce_grad.mul_(inv_n).add_(g1, alpha=kl_scale)
-                del g1, log_p1, log_p2
-                if dz2 is not None:
-                    dz2.mul_(kl_scale)
-            else:
-                dz1 = smoothed_nll_grad_(log_p1, target, smoothing).mul_(inv_n)
-            if grad_h1 is not None:
-                grad_h1.index_copy_(0, idx, (dz1 @ weight_acc).to(grad_h1.dtype))
-            if grad_w is not None:
-                grad_w.addmm_(dz1.T, h1.to(acc))  # in place: no (V, d) temporary per chunk
-            if dz2 is not None:
-                if grad_h2 is not None:
-                    grad_h2.index_copy_(0, idx, (dz2 @ weight_acc).to(grad_h2.dtype))
+            for h, dz, grad_h in ((h1, z1, grad_h1), (h2, z2, grad_h2)):
+                if dz is None:
+                    continue
+                if grad_h is not None:
+                    grad_h.index_copy_(0, idx, (dz @ weight_acc).to(grad_h.dtype))
                 if grad_w is not None:
-                    grad_w.addmm_(dz2.T, h2.to(acc))
+                    grad_w.addmm_(dz.T, h.to(acc))  # in place: no (V, d) temporary per chunk
         task, consistency = task * inv_n, 0.5 * kl * inv_n
         ctx.save_for_backward(*(g for g in (grad_h1, grad_h2, grad_w) if g is not None))
         ctx.present = (grad_h1 is not None, grad_h2 is not None, grad_w is not None)

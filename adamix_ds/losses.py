@@ -7,19 +7,24 @@ that pulls the two predictive distributions together:
     loss = CE(pass_1, labels) + w * 0.5 * (KL(p1 || p2) + KL(p2 || p1))
 
 Language-model vocabularies make ``tokens x V`` float32 tensors the largest
-activations in the step, so both losses here are ``torch.autograd.Function``
-objects that
+activations in the step, so the losses here are ``torch.autograd.Function``
+objects that select the tokens that count (``labels != ignore_index`` /
+``mask``) before doing any work, so padding costs nothing, and process them a
+block of rows at a time, upcasting only one block to float32 at once.
 
-* select the tokens that count (``labels != ignore_index`` / ``mask``) before
-  doing any work, so padding costs nothing;
-* process those tokens ``chunk_tokens`` rows at a time, upcasting only one
-  chunk to float32 at once, in the forward *and* in the backward (which
-  recomputes softmaxes and writes closed-form gradients);
-* save only their own inputs for backward (the logits and 1-D index tensors).
+* :func:`adamix_loss` / :func:`adamix_loss_stacked` (the training objective)
+  compute the gradient in the forward, from one softmax per pass and row
+  (``loss_terms.adamix_chunk_``), and keep it in a buffer of the logits' own
+  dtype -- or in the logits' own storage (``reuse_logits``) -- which the
+  backward only scales. A block of contiguous rows (a sequence's targets) is a
+  slice, not a copy; on CPU blocks are a few MiB so that they stay in cache.
+* :func:`label_smoothed_cross_entropy` and :func:`consistency_kl` (one term
+  each, differentiable on their own) save only their inputs and recompute the
+  softmaxes in the backward.
 
-Extra memory is therefore ``O(chunk_tokens x V)`` float32 plus one gradient
-buffer of the logits' own dtype, instead of several ``tokens x V`` float32
-tensors.
+Extra memory is therefore ``O(chunk_tokens x V)`` float32 plus at most one
+gradient buffer of the logits' own dtype, instead of several ``tokens x V``
+float32 tensors.
 
 Shapes: ``...`` is any number of leading dims (typically ``(batch, seq)``),
 ``V`` the vocabulary / class count, ``T`` the flattened number of tokens
@@ -37,6 +42,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from .fused_lm_loss import fused_adamix_lm_loss
 from .loss_terms import (
     accumulation_dtype,
+    adamix_chunk_,
     consistency_terms,
     log_softmax_,
     smoothed_nll,
@@ -47,6 +53,7 @@ __all__ = [
     "KL_MODES",
     "AdaMixLossOutput",
     "adamix_loss",
+    "adamix_loss_stacked",
     "consistency_kl",
     "fused_adamix_lm_loss",
     "label_smoothed_cross_entropy",
@@ -371,6 +378,167 @@ class AdaMixLossOutput:
                                 self.consistency * factor)
 
 
+def _row_blocks(rows: torch.Tensor, chunk: int) -> list[tuple[int, int, int | None]]:
+    """Blocks of at most ``chunk`` selected rows: ``(start, end, first_row)`` over ``rows``.
+
+    ``first_row`` is ``rows[start]`` when ``rows[start:end]`` is a contiguous range of rows (a
+    slice of the logits then serves, no copy), else None (the rows are gathered). Runs of
+    consecutive rows -- a sequence's target tokens -- become blocks of their own unless they are
+    shorter than 16 rows on average, where gathering fixed chunks is cheaper.
+
+    Args:
+        rows: ``(N,)`` sorted int64 row indices.
+    """
+    n = rows.numel()
+    if n == 0:
+        return []
+    run_starts = [0, *((rows[1:] - rows[:-1] != 1).nonzero().squeeze(1) + 1).tolist()]
+    if n < 16 * len(run_starts) and chunk > 1:
+        return [(s, e, None) for s, e in _chunk_bounds(n, chunk)]
+    firsts = rows.index_select(0, torch.tensor(run_starts, device=rows.device)).tolist()
+    blocks = []
+    for start, end, first in zip(run_starts, [*run_starts[1:], n], firsts, strict=True):
+        for s, e in _chunk_bounds(end - start, chunk):
+            blocks.append((start + s, start + e, first + s))
+    return blocks
+
+
+def _unselected(count: int, *row_sets: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` indices in ``range(count)`` that are in none of ``row_sets``."""
+    keep = torch.zeros(count, dtype=torch.bool, device=row_sets[0].device)
+    for rows in row_sets:
+        keep[rows] = True
+    return (~keep).nonzero().squeeze(1)
+
+
+class _AdaMixLogitsLoss(torch.autograd.Function):
+    """``CE_eps(pass 1) + w * consistency`` over selected rows, gradients computed in forward.
+
+    ``logits`` ``(R, V)`` holds pass 1's rows; pass 2's rows are in ``other`` ``(R2, V)``, or at
+    ``rows + pair_offset`` of ``logits`` itself when ``other`` is None and ``pair_offset > 0``
+    (the paired forward's stacked output, whose gradient is then one buffer); no second pass
+    when both are absent. The forward runs each block of rows once through
+    ``loss_terms.adamix_chunk_`` and keeps the gradient (in the logits' dtype; in the logits'
+    own storage with ``reuse_logits``); the backward only scales it, in place.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: torch.Tensor, other: torch.Tensor | None,  # type: ignore[override]
+                rows: torch.Tensor, targets: torch.Tensor, pair_offset: int,
+                consistency_weight: float, smoothing: float, symmetric: bool, chunk: int,
+                reuse_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        acc = accumulation_dtype(logits)
+        two = other is not None or pair_offset > 0
+        second = other if other is not None else logits
+        need_1, need_2 = ctx.needs_input_grad[0], other is not None and ctx.needs_input_grad[1]
+        n = rows.numel()
+        task_scale, kl_scale = 1.0 / max(n, 1), 0.5 * consistency_weight / max(n, 1)
+
+        def grad_buffer(flat: torch.Tensor, *row_sets: torch.Tensor) -> torch.Tensor:
+            grad = flat if reuse_logits else torch.empty_like(flat)
+            grad.index_fill_(0, _unselected(flat.shape[0], *row_sets), 0)  # exact zeros
+            return grad
+
+        offset_rows = rows + pair_offset
+        grad_1 = (grad_buffer(logits, rows, *((offset_rows,) if other is None and two else ()))
+                  if need_1 else None)
+        grad_2 = grad_buffer(other, rows) if need_2 else None
+        grad_of_second = grad_2 if other is not None else grad_1
+        width = logits.shape[-1]
+        block_rows = min(chunk, max(n, 1))
+        scratch = torch.empty(block_rows, width, dtype=acc, device=logits.device)
+        gathered = [torch.empty(block_rows, width, dtype=acc, device=logits.device)
+                    for _ in range(2 if two else 1)]
+        task = torch.zeros((), dtype=acc, device=logits.device)
+        kl = torch.zeros((), dtype=acc, device=logits.device)
+
+        def rows_of(flat: torch.Tensor, grad: torch.Tensor | None, first: int | None,
+                    idx: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(this block's logits in acc, the buffer its gradient is written to) for one pass:
+            a slice of the logits when the block is a contiguous range in the accumulation dtype
+            (the gradient then goes straight to its slice of ``grad``), else a copy in
+            ``buffer`` that takes the gradient in place."""
+            c = idx.numel()
+            if first is not None and flat.dtype == acc:
+                z = flat[first:first + c]
+                if grad is not None and grad.dtype == acc:
+                    return z, grad[first:first + c]        # grad may be z itself (reuse_logits)
+                return z, buffer[:c]
+            z = buffer[:c]
+            z.copy_(flat[first:first + c] if first is not None else flat.index_select(0, idx))
+            return z, z
+
+        def store(grad: torch.Tensor | None, first: int | None, idx: torch.Tensor,
+                  out: torch.Tensor) -> None:
+            """Put a block's gradient ``out`` into its rows of ``grad`` unless already there."""
+            c = idx.numel()
+            if grad is None:
+                return
+            if first is not None:
+                target = grad[first:first + c]
+                if target.data_ptr() != out.data_ptr():
+                    target.copy_(out)
+            else:
+                grad.index_copy_(0, idx, out.to(grad.dtype))
+
+        for s, e, first in _row_blocks(rows, chunk):
+            idx = rows[s:e]
+            z1, out_1 = rows_of(logits, grad_1, first, idx, gathered[0])
+            z2 = out_2 = None
+            first_2 = None if first is None else first + pair_offset
+            if two:
+                z2, out_2 = rows_of(second, grad_of_second, first_2, idx + pair_offset,
+                                    gathered[1])
+            nll, both = adamix_chunk_(z1, z2, targets[s:e], smoothing, symmetric, task_scale,
+                                      kl_scale, out_1, out_2, scratch[: e - s])
+            task += nll.sum()
+            if both is not None:
+                kl += both.sum()
+            store(grad_1, first, idx, out_1)
+            if two:
+                store(grad_of_second, first_2, idx + pair_offset, out_2)
+        task, consistency = task * task_scale, 0.5 * kl * task_scale
+        ctx.save_for_backward(*(g for g in (grad_1, grad_2) if g is not None))
+        ctx.present = (grad_1 is not None, grad_2 is not None)
+        ctx.mark_non_differentiable(task, consistency)
+        return task + consistency_weight * consistency, task, consistency
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_loss: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("adamix_loss keeps one gradient buffer and scales it in place: "
+                               "backward through it runs once (no retain_graph reuse)")
+        ctx.consumed = True
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved).mul_(grad_loss) if present else None
+                 for present in ctx.present]
+        return grads[0], grads[1], None, None, None, None, None, None, None, None
+
+
+def default_logit_chunk_rows(vocab: int, device: torch.device | str) -> int:
+    """Rows per block of :func:`adamix_loss`: 1,024 on accelerators; on CPU as many as keep one
+    float32 ``(rows, V)`` buffer near 4 MiB (at least 8), where caches and the allocator's reuse
+    of freed blocks make small blocks faster than large ones."""
+    if torch.device(device).type != "cpu":
+        return 1024
+    rows = max(8, (4 << 20) // (4 * vocab))
+    return 1 << (rows.bit_length() - 1)
+
+
+def _flat_labels(labels: torch.Tensor, vocab: int, ignore_index: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, targets)``: flat indices of the tokens that count and their class ids."""
+    if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    flat = labels.reshape(-1).to(device=device, dtype=torch.int64)
+    valid = flat != ignore_index
+    if bool(((flat < 0) | (flat >= vocab)).logical_and(valid).any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    rows = valid.nonzero().squeeze(1)
+    return rows, flat.index_select(0, rows)
+
+
 def adamix_loss(
     logits_1: torch.Tensor,
     logits_2: torch.Tensor | None,
@@ -379,9 +547,15 @@ def adamix_loss(
     smoothing: float = 0.0,
     mode: str = "stopgrad",
     ignore_index: int = -100,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int | None = None,
+    reuse_logits: bool = False,
 ) -> AdaMixLossOutput:
     """AdaMix training objective for two stochastically routed forward passes.
+
+    The gradient is computed in the forward, one block of rows at a time, from softmaxes (no
+    log-softmax, no recomputation in the backward); only ``loss`` is differentiable, the two
+    terms are for logging (``label_smoothed_cross_entropy`` and ``consistency_kl`` give
+    differentiable terms one at a time).
 
     Args:
         logits_1: ``(..., V)`` logits of pass 1; the task loss uses this pass only.
@@ -390,26 +564,75 @@ def adamix_loss(
         labels: ``(...)`` int64, aligned with the logits; tokens equal to
             ``ignore_index`` are excluded from both terms.
         consistency_weight: weight ``w`` of the consistency term.
-        smoothing, mode, ignore_index, chunk_tokens: forwarded to
-            :func:`label_smoothed_cross_entropy` / :func:`consistency_kl`.
+        smoothing, mode, ignore_index: as :func:`label_smoothed_cross_entropy` /
+            :func:`consistency_kl`.
+        chunk_tokens: rows per block (None: :func:`default_logit_chunk_rows`).
+        reuse_logits: write the gradient into the logits' own storage (they hold garbage
+            afterwards): one logits-sized buffer less, for callers that own their logits.
 
     Returns:
         :class:`AdaMixLossOutput` with ``loss = task_loss + w * consistency``.
     """
     _check_mode(mode)  # fail early even when logits_2 is None
-    task = label_smoothed_cross_entropy(
-        logits_1, labels, smoothing=smoothing, ignore_index=ignore_index, chunk_tokens=chunk_tokens
-    )
-    if logits_2 is None:
-        consistency = task.new_zeros(())
-    else:
-        consistency = consistency_kl(
-            logits_1,
-            logits_2,
-            mask=labels.to(logits_1.device) != ignore_index,
-            mode=mode,
-            chunk_tokens=chunk_tokens,
+    _check_logits("logits_1", logits_1)
+    if logits_2 is not None:
+        _check_pair(logits_1, logits_2, mode)
+    if labels.shape != logits_1.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape logits.shape[:-1]={tuple(logits_1.shape[:-1])}, "
+            f"got labels.shape={tuple(labels.shape)}"
         )
-    return AdaMixLossOutput(
-        loss=task + consistency_weight * consistency, task_loss=task, consistency=consistency
-    )
+    return _logits_loss(logits_1, logits_2, 0, labels, consistency_weight, smoothing, mode,
+                        ignore_index, chunk_tokens, reuse_logits)
+
+
+def adamix_loss_stacked(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    consistency_weight: float,
+    smoothing: float = 0.0,
+    mode: str = "stopgrad",
+    ignore_index: int = -100,
+    chunk_tokens: int | None = None,
+    reuse_logits: bool = False,
+) -> AdaMixLossOutput:
+    """:func:`adamix_loss` of ``logits[0]`` and ``logits[1]``, for the paired forward's output.
+
+    Same values and gradients as ``adamix_loss(logits[0], logits[1], ...)``, but the gradient
+    is one ``(2, ..., V)`` buffer, not two halves that autograd would concatenate.
+
+    Args:
+        logits: ``(2, ..., V)``: pass 1 then pass 2 (``out.unflatten(0, (2, -1))`` of a forward
+            over ``cat(batch, batch)``); contiguous.
+        labels: ``(...)``, aligned with each pass's logits.
+    """
+    _check_mode(mode)
+    _check_logits("logits", logits)
+    if logits.dim() < 2 or logits.shape[0] != 2 or labels.shape != logits.shape[1:-1]:
+        raise ValueError(f"logits must be (2, ..., V) with labels (...) = logits.shape[1:-1]; "
+                         f"got logits {tuple(logits.shape)}, labels {tuple(labels.shape)}")
+    if not logits.is_contiguous():
+        raise ValueError("logits must be contiguous (pass 2's rows follow pass 1's)")
+    return _logits_loss(logits, None, labels.numel(), labels, consistency_weight, smoothing,
+                        mode, ignore_index, chunk_tokens, reuse_logits)
+
+
+def _logits_loss(logits: torch.Tensor, other: torch.Tensor | None, pair_offset: int,
+                 labels: torch.Tensor, consistency_weight: float, smoothing: float, mode: str,
+                 ignore_index: int, chunk_tokens: int | None, reuse_logits: bool
+                 ) -> AdaMixLossOutput:
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got smoothing={smoothing!r}")
+    vocab = logits.shape[-1]
+    if chunk_tokens is None:
+        chunk_tokens = default_logit_chunk_rows(vocab, logits.device)
+    _check_chunk_tokens(chunk_tokens)
+    rows, targets = _flat_labels(labels, vocab, ignore_index, logits.device)
+    flat = logits.reshape(-1, vocab)
+    if reuse_logits and flat.data_ptr() != logits.data_ptr():
+        raise ValueError("reuse_logits needs logits whose (-1, V) view shares their storage")
+    flat_other = None if other is None else other.reshape(-1, vocab)
+    loss, task, consistency = _AdaMixLogitsLoss.apply(
+        flat, flat_other, rows, targets, pair_offset, float(consistency_weight),
+        float(smoothing), mode == "symmetric", chunk_tokens, reuse_logits)
+    return AdaMixLossOutput(loss=loss, task_loss=task, consistency=consistency)

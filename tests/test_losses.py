@@ -18,7 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from adamix_ds.losses import (
     KL_MODES,
     AdaMixLossOutput,
+    _row_blocks,
     adamix_loss,
+    adamix_loss_stacked,
     consistency_kl,
     label_smoothed_cross_entropy,
 )
@@ -451,6 +453,111 @@ def test_adamix_loss_single_pass_and_grads() -> None:
     torch.testing.assert_close(y.grad, 0.5 * cons_q, rtol=1e-10, atol=1e-13)
 
 
+def _label_layout(layout: str, shape: tuple[int, int], vocab: int, seed: int) -> torch.Tensor:
+    """Labels whose loss-carrying tokens form NLG-like runs, scattered tokens, all or none."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, vocab, shape, generator=g)
+    if layout == "runs":          # a context and padding around each sequence's targets
+        for i in range(shape[0]):
+            start = 1 + i % 3
+            y[i, :start] = IGNORE
+            y[i, start + 5 + i:] = IGNORE
+    elif layout == "scattered":
+        y[torch.rand(*shape, generator=g) < 0.5] = IGNORE
+    elif layout == "none":
+        y[:] = IGNORE
+    return y
+
+
+def _reference_loss_and_grads(a: torch.Tensor, b: torch.Tensor | None, labels: torch.Tensor,
+                              w: float, eps: float, mode: str
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Plain autograd in float64: F.cross_entropy + the consistency-KL oracle."""
+    x = a.detach().double().requires_grad_()
+    y = None if b is None else b.detach().double().requires_grad_()
+    vocab = a.shape[-1]
+    flat = labels.reshape(-1)
+    keep = flat != IGNORE
+    if not bool(keep.any()):
+        return torch.zeros((), dtype=torch.float64), torch.zeros_like(x), (
+            None if y is None else torch.zeros_like(y))
+    task = F.cross_entropy(x.reshape(-1, vocab)[keep], flat[keep], label_smoothing=eps)
+    loss = task
+    if y is not None:
+        loss = loss + w * consistency_kl_reference(
+            x.reshape(-1, vocab)[keep], y.reshape(-1, vocab)[keep], mode=mode)
+    grads = torch.autograd.grad(loss, (x,) if y is None else (x, y))
+    return loss.detach(), grads[0], (grads[1] if y is not None else None)
+
+
+@pytest.mark.parametrize("mode", KL_MODES)
+@pytest.mark.parametrize("layout", ["runs", "scattered", "all", "none"])
+@pytest.mark.parametrize("reuse_logits", [False, True])
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_adamix_loss_and_stacked_match_autograd(mode: str, layout: str, reuse_logits: bool,
+                                                chunk: int) -> None:
+    shape, vocab, w, eps = (4, 12), 7, 100.0, 0.1
+    a, b = _pair(shape, vocab, seed=41)
+    labels = _label_layout(layout, shape, vocab, seed=42)
+    want_loss, want_a, want_b = _reference_loss_and_grads(a, b, labels, w, eps, mode)
+
+    x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+    # reuse_logits overwrites its inputs: hand it copies that join the graph
+    xi, yi = (x.clone(), y.clone()) if reuse_logits else (x, y)
+    out = adamix_loss(xi, yi, labels, w, smoothing=eps, mode=mode, chunk_tokens=chunk,
+                      reuse_logits=reuse_logits)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), want_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, want_a, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(y.grad, want_b, rtol=1e-10, atol=1e-12)
+
+    both = torch.stack([a, b]).requires_grad_()
+    stacked = both.clone() if reuse_logits else both
+    out = adamix_loss_stacked(stacked, labels, w, smoothing=eps, mode=mode, chunk_tokens=chunk,
+                              reuse_logits=reuse_logits)
+    (3.0 * out.loss).backward()  # the backward scales the stored gradient by its input
+    torch.testing.assert_close(out.loss.detach(), want_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(both.grad[0], 3.0 * want_a, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(both.grad[1], 3.0 * want_b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adamix_loss_low_precision_gradients_within_dtype_tolerance(dtype: torch.dtype) -> None:
+    shape, vocab = (3, 10), 50
+    a, b = _pair(shape, vocab, seed=43, dtype=dtype)
+    labels = _label_layout("runs", shape, vocab, seed=44)
+    _, want_a, want_b = _reference_loss_and_grads(a, b, labels, 1.0, 0.1, "stopgrad")
+    x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+    adamix_loss(x, y, labels, 1.0, smoothing=0.1, chunk_tokens=4).loss.backward()
+    rtol, atol = GRAD_TOL[dtype]
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad.double(), want_a, rtol=rtol, atol=atol)
+    torch.testing.assert_close(y.grad.double(), want_b, rtol=rtol, atol=atol)
+
+
+def test_adamix_loss_backward_runs_once() -> None:
+    a, b = _pair((2, 3), 5, seed=45)
+    x = a.clone().requires_grad_()
+    out = adamix_loss(x, b, _labels((2, 3), 5, seed=46), 1.0)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        out.loss.backward()
+
+
+def test_row_blocks_cover_rows_and_mark_contiguous_ranges() -> None:
+    rows = torch.tensor([*range(2, 40), 50, 52, 54, *range(60, 100)])
+    blocks = _row_blocks(rows, chunk=16)
+    assert [i for s, e, _ in blocks for i in range(s, e)] == list(range(rows.numel()))
+    assert all(e - s <= 16 for s, e, _ in blocks)
+    for s, e, first in blocks:
+        if first is not None:
+            assert rows[s:e].tolist() == list(range(first, first + e - s))
+    assert all(first is not None for *_, first in blocks)  # runs here average > 16 rows
+    scattered = torch.arange(0, 200, 2)  # runs of one row: gathered, fixed chunks
+    assert {first for *_, first in _row_blocks(scattered, chunk=16)} == {None}
+    assert _row_blocks(torch.tensor([], dtype=torch.int64), chunk=8) == []
+
+
 # --------------------------------------------------------------------------
 # Memory: what is saved for backward, and how big the float32 temporaries get
 # --------------------------------------------------------------------------
@@ -467,21 +574,31 @@ def _saved_for_backward(fn) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("mode", KL_MODES)
-def test_only_inputs_are_saved_for_backward(mode: str) -> None:
+@pytest.mark.parametrize("reuse_logits", [False, True])
+def test_saved_for_backward_is_one_logits_sized_gradient_per_input(mode: str,
+                                                                   reuse_logits: bool) -> None:
     tokens, vocab = 48, 32
     x = torch.randn(tokens, vocab, dtype=torch.bfloat16, requires_grad=True)
     y = torch.randn(tokens, vocab, dtype=torch.bfloat16, requires_grad=True)
     labels = _labels((tokens,), vocab, seed=33)
     inputs = {x.data_ptr(), y.data_ptr()}
+    xs, ys = (x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_())
 
     saved = _saved_for_backward(
-        lambda: adamix_loss(x, y, labels, 1.0, smoothing=0.1, mode=mode, chunk_tokens=8)
+        lambda: adamix_loss(xs if reuse_logits else x, ys if reuse_logits else y, labels, 1.0,
+                            smoothing=0.1, mode=mode, chunk_tokens=8, reuse_logits=reuse_logits)
     )
     assert saved, "hook saw nothing: the check would be vacuous"
-    for t in saved:
-        # Either one of the logits themselves, or a small (<= tokens) index/scalar.
-        assert t.data_ptr() in inputs or t.numel() <= tokens, (t.shape, t.dtype)
-        assert t.dtype != torch.float32 or t.numel() <= 1
+    big = [t for t in saved if t.numel() > tokens]
+    # One gradient per input, in the logits' dtype (never a (tokens, V) float32 tensor) ...
+    assert len(big) == 2
+    for t in big:
+        assert t.shape == (tokens, vocab) and t.dtype == torch.bfloat16
+    # ... held in the logits' own storage with reuse_logits, in fresh buffers without.
+    if reuse_logits:
+        assert {t.data_ptr() for t in big} == {xs.data_ptr(), ys.data_ptr()}
+    else:
+        assert not ({t.data_ptr() for t in big} & inputs)
 
     # Teeth: the plain-autograd reference does save (N, V) float32 tensors.
     ref_saved = _saved_for_backward(lambda: consistency_kl_reference(x, y, mode=mode))

@@ -52,9 +52,7 @@ def routed_passes(run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     """
     check_schedule(schedule)
     if schedule == "paired":
-        with router.use_passes(0, 1):
-            out = run({k: torch.cat([v, v]) for k, v in inputs.items()})
-        first, second = out.chunk(2)
+        first, second = paired_pass(run, inputs, router)
         return first, second
     with router.use_passes(0):
         first = run(inputs)
@@ -62,6 +60,18 @@ def routed_passes(run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         return first, None
     with router.use_passes(1):
         return first, run(inputs)
+
+
+def paired_pass(run: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                inputs: dict[str, torch.Tensor], router: Router) -> torch.Tensor:
+    """Both passes in one forward over ``cat(inputs, inputs)``: ``(2, B, ...)``, pass 1 first.
+
+    A free view of the forward's ``(2B, ...)`` output, so a loss over both passes can take it
+    whole (one gradient buffer, no concatenation in the backward).
+    """
+    with router.use_passes(0, 1):
+        out = run({k: torch.cat([v, v]) for k, v in inputs.items()})
+    return out.unflatten(0, (2, -1))
 
 
 #: ``(model, batch, router, loss_scale) -> AdaMixLossOutput``: a task family's routed forward;

@@ -25,10 +25,15 @@ from ..data import (
 )
 from ..evaluation.generate import decode_contexts
 from ..evaluation.pipeline import load_decoding_model
-from ..losses import AdaMixLossOutput, adamix_loss, fused_adamix_lm_loss
+from ..losses import (
+    AdaMixLossOutput,
+    adamix_loss,
+    adamix_loss_stacked,
+    fused_adamix_lm_loss,
+)
 from ..preset import Preset
 from ..routing import Router
-from .base import TrainTask, check_schedule, routed_passes
+from .base import TrainTask, check_schedule, paired_pass, routed_passes
 
 
 def _hidden_and_head(model: Any) -> tuple[Callable[..., Any], torch.Tensor]:
@@ -69,19 +74,23 @@ def adamix_forward(model: Callable[..., object], batch: dict[str, torch.Tensor],
         def run(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(**inputs).logits                            # (B, T, V)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    # Causal-LM alignment: position t predicts token t + 1. The labels move, not the outputs:
+    # slicing (B, T, V) logits to T - 1 positions would make every consumer copy them.
+    next_labels = nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)   # (B, T)
+    mode = cfg.consistency_mode
+    if not fused_loss and consistency == "paired":
+        logits = paired_pass(run, inputs, router)                    # (2, B, T, V)
+        out = adamix_loss_stacked(logits, next_labels, cfg.consistency_weight,
+                                  smoothing=label_smoothing, mode=mode, reuse_logits=True)
+        return out.scaled(loss_scale)
     out_1, out_2 = routed_passes(run, inputs, router, consistency)   # 2 x (B, T, V or d)
-    # causal-LM alignment: position t predicts token t+1
-    out_1, shifted_labels = out_1[:, :-1], batch["labels"][:, 1:]
-    if out_2 is not None:
-        out_2 = out_2[:, :-1]
     weight = cfg.consistency_weight if out_2 is not None else 0.0
     if fused_loss:
         out = AdaMixLossOutput(*fused_adamix_lm_loss(
-            out_1, out_2, head_weight, shifted_labels, weight, smoothing=label_smoothing,
-            mode=cfg.consistency_mode))
+            out_1, out_2, head_weight, next_labels, weight, smoothing=label_smoothing, mode=mode))
     else:
-        out = adamix_loss(out_1, out_2, shifted_labels, weight, smoothing=label_smoothing,
-                          mode=cfg.consistency_mode)
+        out = adamix_loss(out_1, out_2, next_labels, weight, smoothing=label_smoothing,
+                          mode=mode, reuse_logits=True)
     return out.scaled(loss_scale)
 
 

@@ -9,7 +9,7 @@ The routed passes are the NLG ones (``tasks.base.routed_passes``); what changes 
 the loss sees:
 
 * classification head: class logits ``(B, C)``; task loss = label-smoothed CE of pass 1, and the
-  consistency term is the same stop-gradient symmetric KL as for tokens (``adamix_loss``),
+  consistency term is the same stop-gradient symmetric KL as for tokens (``consistency_kl``),
   one "position" per example;
 * regression head (STS-B): prediction ``(B,)``; task loss = MSE of pass 1, consistency =
   ``0.5 * ((y1 - sg(y2))^2 + (y2 - sg(y1))^2)`` (``stopgrad``) or ``(y1 - y2)^2``
@@ -50,7 +50,7 @@ from ..evaluation.glue_metrics import glue_metrics, main_metric
 from ..evaluation.report import atomic_write_text
 from ..inference import inference_policy, member_mean, member_mean_probs, repeat_members
 from ..inject import inject_adamix
-from ..losses import AdaMixLossOutput, adamix_loss
+from ..losses import AdaMixLossOutput, consistency_kl, label_smoothed_cross_entropy
 from ..preset import Preset
 from ..routing import Router
 from .base import TrainTask, check_schedule, routed_passes
@@ -99,7 +99,12 @@ def nlu_loss(scores_1: torch.Tensor, scores_2: torch.Tensor | None, labels: torc
     scores_*: (B, C) class logits or (B,) regression predictions; labels (B,) int64 / float.
     """
     if scores_1.dim() == 2:
-        return adamix_loss(scores_1, scores_2, labels, weight, smoothing=smoothing, mode=mode)
+        # the two terms one at a time (not adamix_loss), so that each stays differentiable
+        task = label_smoothed_cross_entropy(scores_1, labels, smoothing=smoothing)
+        if scores_2 is None:
+            return AdaMixLossOutput(task, task, task.new_zeros(()))
+        consistency = consistency_kl(scores_1, scores_2, mode=mode)
+        return AdaMixLossOutput(task + weight * consistency, task, consistency)
     task = nn.functional.mse_loss(scores_1.float(), labels.float())
     if scores_2 is None:
         zero = task.new_zeros(())
