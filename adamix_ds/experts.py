@@ -52,13 +52,25 @@ def _segments(x: torch.Tensor, route: Route) -> list[torch.Tensor]:
     return list(x.chunk(len(route), dim=0)) if len(route) > 1 else [x]
 
 
+def routed_lora_down(x: torch.Tensor, lora_a: torch.Tensor, route: Route, scale: float
+                     ) -> torch.Tensor:
+    """``scale * x_s @ A[j_s]`` per segment s: x (B, ..., d_in) -> (B, ..., r). The scale is
+    applied here, on r columns, rather than on the d_out columns of the update."""
+    hs = [xs @ lora_a[j] for xs, (j, _) in zip(_segments(x, route), route, strict=True)]
+    return (hs[0] if len(hs) == 1 else torch.cat(hs, dim=0)) * scale
+
+
 def routed_lora_update(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, route: Route,
                        scale: float) -> torch.Tensor:
     """The eager routed LoRA update: x (B, ..., d_in) -> scale * (x_s @ A[j_s]) @ B[k_s] per
-    segment s, (B, ..., d_out); lora_a (M_down, d_in, r), lora_b (M_up, r, d_out)."""
-    outs = [scale * ((xs @ lora_a[j]) @ lora_b[k])
-            for xs, (j, k) in zip(_segments(x, route), route, strict=True)]
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+    segment s, (B, ..., d_out); lora_a (M_down, d_in, r), lora_b (M_up, r, d_out). When every
+    segment uses the same B (a shared up side), the up projection is one matmul over the whole
+    batch instead of one per segment and a concatenation of d_out-wide outputs."""
+    h = routed_lora_down(x, lora_a, route, scale)                       # (B, ..., r)
+    if len({k for _, k in route}) == 1:
+        return h @ lora_b[route[0][1]]
+    outs = [hs @ lora_b[k] for hs, (_, k) in zip(_segments(h, route), route, strict=True)]
+    return torch.cat(outs, dim=0)
 
 
 def routed_adapter_eager(h: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor,
@@ -121,7 +133,7 @@ class LoRAExperts(nn.Module):
         """x: (B, ..., d_in) -> (B, ..., d_out) update for the routed (or merged) experts."""
         if route is None:
             a, b = self.merged_weights()
-            return self.scale * ((x @ a) @ b)
+            return ((x @ a) * self.scale) @ b
         if triton_takes(x, self.lora_a, self.lora_b, rank=self.rank):
             from .kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
             return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale)
@@ -140,8 +152,14 @@ class LoRAExperts(nn.Module):
             from .kernels.lora_delta import routed_lora_delta  # deferred: triton is optional
             return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale, out=out,
                                      out_slice=(start, start + self.out_features))
+        whole = self.out_features == out.shape[-1]
+        if whole and route is not None and len({k for _, k in route}) == 1 and x.dtype == out.dtype:
+            # one up matmul that adds the base output in its epilogue: no (B, T, d_out) delta
+            h = routed_lora_down(x, self.lora_a, route, self.scale)       # (B, ..., r)
+            return torch.addmm(out.flatten(0, -2), h.flatten(0, -2),
+                               self.lora_b[route[0][1]]).view_as(out)
         delta = self.forward(x, route).to(out.dtype)
-        if self.out_features == out.shape[-1]:
+        if whole:
             return out + delta
         # in place is autograd-safe: the base matmul does not save its output
         out[..., start:start + self.out_features] += delta
