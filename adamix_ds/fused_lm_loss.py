@@ -71,7 +71,7 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
         weight_acc = weight.to(acc) if (grad_h1 is not None or grad_h2 is not None) else None
         width = min(chunk_tokens, max(n, 1))
         buffers = [torch.empty(width, weight.shape[0], dtype=acc, device=weight.device)
-                   for _ in range(3 if hidden_2 is not None else 2)]
+                   for _ in range(3 if hidden_2 is not None else 1)]  # z1 (z2, scratch)
 
         def logits_of(h: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
             """``(c, V)`` logits of ``h`` ``(c, d)`` in acc: written into ``buffer`` when the
@@ -92,7 +92,7 @@ class FusedAdaMixLMLoss(torch.autograd.Function):
             # the logits are overwritten by dL/dz of this chunk (the shared closed forms)
             nll, both = adamix_chunk_(z1, z2, labels.index_select(0, idx), smoothing,
                                       mode == "symmetric", inv_n, kl_scale, z1, z2,
-                                      buffers[-1][:c])
+                                      buffers[2][:c] if z2 is not None else None)
             task += nll.sum()
             if both is not None:
                 kl += both.sum()

@@ -139,8 +139,8 @@ def _sub_smoothed_targets_(grad: torch.Tensor, targets: torch.Tensor, smoothing:
 
 def adamix_chunk_(z1: torch.Tensor, z2: torch.Tensor | None, targets: torch.Tensor,
                   smoothing: float, symmetric: bool, task_scale: float, kl_scale: float,
-                  out_1: torch.Tensor, out_2: torch.Tensor | None, scratch: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  out_1: torch.Tensor, out_2: torch.Tensor | None,
+                  scratch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The AdaMix objective of one chunk of rows: values, and gradients into ``out_*``.
 
     With ``L = task_scale * sum_rows nll(z1) + kl_scale * sum_rows both(z1, z2)``, writes
@@ -153,7 +153,8 @@ def adamix_chunk_(z1: torch.Tensor, z2: torch.Tensor | None, targets: torch.Tens
         z1, z2: ``(c, V)`` logits of pass 1 and 2 in the accumulation dtype; ``z2=None``:
             task loss only.
         targets: ``(c,)`` int64 class ids of pass 1.
-        out_1, out_2, scratch: ``(c, V)`` buffers of ``z1``'s dtype (``out_2`` with ``z2``).
+        out_1, out_2, scratch: ``(c, V)`` buffers of ``z1``'s dtype (``out_2`` and ``scratch``
+            with ``z2``; a single pass needs neither).
 
     Returns:
         ``(nll, both)``: ``(c,)`` per-row smoothed NLL of pass 1, and ``KL(p1||p2) + KL(p2||p1)``
@@ -163,14 +164,14 @@ def adamix_chunk_(z1: torch.Tensor, z2: torch.Tensor | None, targets: torch.Tens
     nll = z1.gather(-1, targets.unsqueeze(-1)).squeeze(-1).mul_(-(1.0 - smoothing))
     if smoothing:
         nll -= smoothing * z1.mean(dim=-1)
+    if z2 is not None and (out_2 is None or scratch is None):
+        raise ValueError("adamix_chunk_: out_2 and scratch are needed with a second pass (z2)")
     d = torch.sub(z1, z2, out=scratch) if z2 is not None else None  # z1 - z2
     lse_1 = _softmax_lse(z1, out_1)                                  # out_1 = p1
     nll += lse_1
     if z2 is None:
         _sub_smoothed_targets_(out_1.mul_(task_scale), targets, smoothing, task_scale)
         return nll, None
-    if out_2 is None:
-        raise ValueError("adamix_chunk_: out_2 is needed with a second pass (z2)")
     lse_2 = _softmax_lse(z2, out_2)                                  # out_2 = p2
     p1, p2 = out_1, out_2
     if not symmetric:

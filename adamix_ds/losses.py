@@ -444,27 +444,32 @@ class _AdaMixLogitsLoss(torch.autograd.Function):
                   if need_1 else None)
         grad_2 = grad_buffer(other, rows) if need_2 else None
         grad_of_second = grad_2 if other is not None else grad_1
-        width = logits.shape[-1]
-        block_rows = min(chunk, max(n, 1))
-        scratch = torch.empty(block_rows, width, dtype=acc, device=logits.device)
-        gathered = [torch.empty(block_rows, width, dtype=acc, device=logits.device)
-                    for _ in range(2 if two else 1)]
+        shape = (min(chunk, max(n, 1)), logits.shape[-1])
+        scratch = torch.empty(shape, dtype=acc, device=logits.device) if two else None
+        # per-pass block buffers, made on first use: a run of contiguous float32 blocks with
+        # gradients needs none (on a GPU one is 1,024 x V float32)
+        made: dict[int, torch.Tensor] = {}
+
+        def block_buffer(pass_id: int) -> torch.Tensor:
+            if pass_id not in made:
+                made[pass_id] = torch.empty(shape, dtype=acc, device=logits.device)
+            return made[pass_id]
         task = torch.zeros((), dtype=acc, device=logits.device)
         kl = torch.zeros((), dtype=acc, device=logits.device)
 
         def rows_of(flat: torch.Tensor, grad: torch.Tensor | None, first: int | None,
-                    idx: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    idx: torch.Tensor, pass_id: int) -> tuple[torch.Tensor, torch.Tensor]:
             """(this block's logits in acc, the buffer its gradient is written to) for one pass:
             a slice of the logits when the block is a contiguous range in the accumulation dtype
-            (the gradient then goes straight to its slice of ``grad``), else a copy in
-            ``buffer`` that takes the gradient in place."""
+            (the gradient then goes straight to its slice of ``grad``), else a copy in the
+            pass's block buffer that takes the gradient in place."""
             c = idx.numel()
             if first is not None and flat.dtype == acc:
                 z = flat[first:first + c]
                 if grad is not None and grad.dtype == acc:
                     return z, grad[first:first + c]        # grad may be z itself (reuse_logits)
-                return z, buffer[:c]
-            z = buffer[:c]
+                return z, block_buffer(pass_id)[:c]
+            z = block_buffer(pass_id)[:c]
             z.copy_(flat[first:first + c] if first is not None else flat.index_select(0, idx))
             return z, z
 
@@ -483,14 +488,14 @@ class _AdaMixLogitsLoss(torch.autograd.Function):
 
         for s, e, first in _row_blocks(rows, chunk):
             idx = rows[s:e]
-            z1, out_1 = rows_of(logits, grad_1, first, idx, gathered[0])
+            z1, out_1 = rows_of(logits, grad_1, first, idx, 0)
             z2 = out_2 = None
             first_2 = None if first is None else first + pair_offset
             if two:
-                z2, out_2 = rows_of(second, grad_of_second, first_2, idx + pair_offset,
-                                    gathered[1])
+                z2, out_2 = rows_of(second, grad_of_second, first_2, idx + pair_offset, 1)
             nll, both = adamix_chunk_(z1, z2, targets[s:e], smoothing, symmetric, task_scale,
-                                      kl_scale, out_1, out_2, scratch[: e - s])
+                                      kl_scale, out_1, out_2,
+                                      None if scratch is None else scratch[: e - s])
             task += nll.sum()
             if both is not None:
                 kl += both.sum()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from adamix_ds.fused_lm_loss import MAX_CHUNK_ROWS, MIN_CHUNK_ROWS, default_chunk_rows
 from adamix_ds.loss_terms import (
+    adamix_chunk_,
     consistency_terms,
     log_softmax_,
     smoothed_nll,
@@ -64,6 +65,40 @@ def test_consistency_terms_match_autograd(mode: str, grad_p: bool, grad_q: bool)
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
         else:
             assert got is None
+
+
+@pytest.mark.parametrize("mode", ["stopgrad", "symmetric"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("two_passes", [False, True])
+def test_adamix_chunk_matches_autograd(mode: str, eps: float, in_place: bool,
+                                       two_passes: bool) -> None:
+    """Values and the gradients of task_scale * sum(nll) + kl_scale * sum(both), written into
+    fresh buffers or over the logits themselves, against F.cross_entropy + the KL oracle."""
+    z1, z2 = _logits(seed=7)
+    targets = torch.tensor([0, 3, 10, 3, 5, 1])
+    task_scale, kl_scale = 0.3, 0.7
+    r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    nll_want = F.cross_entropy(r1, targets, reduction="none", label_smoothing=eps)
+    total = task_scale * nll_want.sum()
+    if two_passes:
+        both_want = consistency_kl_reference(r1, r2, mode=mode) * 2 * z1.shape[0]
+        total = total + kl_scale * both_want
+    grads = torch.autograd.grad(total, (r1, r2), allow_unused=True)
+
+    a, b = z1.clone(), z2.clone()
+    out_1 = a if in_place else torch.empty_like(a)
+    out_2 = (b if in_place else torch.empty_like(b)) if two_passes else None
+    nll, both = adamix_chunk_(a, b if two_passes else None, targets, eps, mode == "symmetric",
+                              task_scale, kl_scale, out_1, out_2,
+                              torch.empty_like(a) if two_passes else None)
+    torch.testing.assert_close(nll, nll_want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_1, grads[0], rtol=1e-10, atol=1e-12)
+    if two_passes:
+        torch.testing.assert_close(both.sum(), both_want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out_2, grads[1], rtol=1e-10, atol=1e-12)
+    else:
+        assert both is None
 
 
 def test_default_chunk_rows_keeps_a_chunk_at_an_eighth_of_the_head() -> None:
