@@ -52,6 +52,12 @@ def _segments(x: torch.Tensor, route: Route) -> list[torch.Tensor]:
     return list(x.chunk(len(route), dim=0)) if len(route) > 1 else [x]
 
 
+def shared_up_expert(route: Route) -> int | None:
+    """The up expert every segment of ``route`` uses, or None when the segments differ."""
+    ups = {k for _, k in route}
+    return next(iter(ups)) if len(ups) == 1 else None
+
+
 def routed_lora_down(x: torch.Tensor, lora_a: torch.Tensor, route: Route, scale: float
                      ) -> torch.Tensor:
     """``scale * x_s @ A[j_s]`` per segment s: x (B, ..., d_in) -> (B, ..., r). The scale is
@@ -67,8 +73,9 @@ def routed_lora_update(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tens
     segment uses the same B (a shared up side), the up projection is one matmul over the whole
     batch instead of one per segment and a concatenation of d_out-wide outputs."""
     h = routed_lora_down(x, lora_a, route, scale)                       # (B, ..., r)
-    if len({k for _, k in route}) == 1:
-        return h @ lora_b[route[0][1]]
+    up = shared_up_expert(route)
+    if up is not None:
+        return h @ lora_b[up]
     outs = [hs @ lora_b[k] for hs, (_, k) in zip(_segments(h, route), route, strict=True)]
     return torch.cat(outs, dim=0)
 
@@ -153,11 +160,12 @@ class LoRAExperts(nn.Module):
             return routed_lora_delta(x, self.lora_a, self.lora_b, route, self.scale, out=out,
                                      out_slice=(start, start + self.out_features))
         whole = self.out_features == out.shape[-1]
-        if whole and route is not None and len({k for _, k in route}) == 1 and x.dtype == out.dtype:
+        up = shared_up_expert(route) if route is not None else None
+        if whole and up is not None and x.dtype == out.dtype:
             # one up matmul that adds the base output in its epilogue: no (B, T, d_out) delta
             h = routed_lora_down(x, self.lora_a, route, self.scale)       # (B, ..., r)
             return torch.addmm(out.flatten(0, -2), h.flatten(0, -2),
-                               self.lora_b[route[0][1]]).view_as(out)
+                               self.lora_b[up]).view_as(out)
         delta = self.forward(x, route).to(out.dtype)
         if whole:
             return out + delta

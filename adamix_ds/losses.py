@@ -172,6 +172,21 @@ class _ChunkedLabelSmoothedCE(torch.autograd.Function):
         return grad.view(logits.shape), None, None, None, None
 
 
+def _flat_labels(labels: torch.Tensor, vocab: int, ignore_index: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, targets)``: flat indices of the tokens that count and their class ids."""
+    if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    flat = labels.reshape(-1).to(device=device, dtype=torch.int64)
+    valid = flat != ignore_index
+    # gather() with an out-of-range id is a device-side assert on GPU; a clear
+    # Python error is far easier to debug (e.g. padding with -1 but ignore_index=-100).
+    if bool(((flat < 0) | (flat >= vocab)).logical_and(valid).any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    rows = valid.nonzero().squeeze(1)
+    return rows, flat.index_select(0, rows)
+
+
 def label_smoothed_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -206,18 +221,7 @@ def label_smoothed_cross_entropy(
             f"labels must have shape logits.shape[:-1]={tuple(logits.shape[:-1])}, "
             f"got labels.shape={tuple(labels.shape)}"
         )
-    if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-
-    vocab = logits.shape[-1]
-    flat_labels = labels.reshape(-1).to(device=logits.device, dtype=torch.int64)
-    valid = flat_labels != ignore_index
-    # gather() with an out-of-range id is a device-side assert on GPU; a clear
-    # Python error is far easier to debug (e.g. padding with -1 but ignore_index=-100).
-    if bool(((flat_labels < 0) | (flat_labels >= vocab)).logical_and(valid).any()):
-        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}")
-    rows = valid.nonzero().squeeze(1)
-    targets = flat_labels.index_select(0, rows)
+    rows, targets = _flat_labels(labels, logits.shape[-1], ignore_index, logits.device)
     return _ChunkedLabelSmoothedCE.apply(logits, rows, targets, float(smoothing), chunk_tokens)
 
 
@@ -529,19 +533,6 @@ def default_logit_chunk_rows(vocab: int, device: torch.device | str) -> int:
         return 1024
     rows = max(8, (4 << 20) // (4 * vocab))
     return 1 << (rows.bit_length() - 1)
-
-
-def _flat_labels(labels: torch.Tensor, vocab: int, ignore_index: int, device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows, targets)``: flat indices of the tokens that count and their class ids."""
-    if labels.dtype == torch.bool or torch.is_floating_point(labels) or torch.is_complex(labels):
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    flat = labels.reshape(-1).to(device=device, dtype=torch.int64)
-    valid = flat != ignore_index
-    if bool(((flat < 0) | (flat >= vocab)).logical_and(valid).any()):
-        raise ValueError(f"labels must be in [0, {vocab}) or equal ignore_index={ignore_index}")
-    rows = valid.nonzero().squeeze(1)
-    return rows, flat.index_select(0, rows)
 
 
 def adamix_loss(
