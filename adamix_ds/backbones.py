@@ -3,6 +3,11 @@
 Random init needs no download for the architectures the paper uses: their published configs are
 written out below (GPT-2 sizes from OpenAI's release, BERT / RoBERTa from their model cards), so
 ``--init random`` works on machines without the hub (tests, CI, smoke runs).
+
+Under DeepSpeed ZeRO-3 (a ``transformers.integrations.HfDeepSpeedConfig`` alive, as the trainer
+keeps one), ``transformers`` builds the model inside ``deepspeed.zero.Init``: each parameter is
+partitioned as soon as its module exists, and ``from_pretrained`` loads the checkpoint into the
+partitions, so no rank ever holds the whole model. This module stays free of deepspeed itself.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from transformers import (
     PreTrainedModel,
     RobertaConfig,
 )
+from transformers import initialization as hf_init
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 # name -> (config class, published hyper-parameters that differ from the class defaults)
 PUBLISHED_CONFIGS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
@@ -96,5 +103,14 @@ def load_backbone(name_or_path: str, init: str = "pretrained", task: str = "caus
     config = load_config(name_or_path, **config_overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = auto.from_config(config, dtype=dtype)
+        if is_deepspeed_zero3_enabled():
+            # zero.Init construction: HF skips the constructors' init, then runs its own
+            # `initialize_weights` once, on rank 0, one gathered module at a time.
+            return auto.from_config(config, dtype=dtype)
+        # The same two stages without ZeRO-3, so a seed gives the same weights either way (the
+        # default path would also draw every constructor's init first, shifting the RNG stream).
+        with hf_init.no_init_weights():
+            model = auto.from_config(config, dtype=dtype)
+        model.initialize_weights()
+        model.tie_weights()
     return model

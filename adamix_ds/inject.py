@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -100,6 +101,11 @@ class InjectionReport:
         out = {k: v for k, v in asdict(self).items() if k != "router"}
         out["adapted_modules"] = self.adapted_modules
         return out
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """Elements of the whole parameter, also when ZeRO-3 holds only a partition of it here."""
+    return getattr(param, "ds_numel", param.numel())
 
 
 def adamix_layers(model: nn.Module) -> dict[str, AdaMixLayer]:
@@ -191,7 +197,7 @@ def inject_adamix(model: nn.Module, cfg: AdaMixConfig, router: Router | None = N
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     router = router or Router(cfg.routing_seed, cfg.inference)
     plan = _resolve(model, cfg, model_type)
-    backbone_params = sum(p.numel() for p in model.parameters())
+    backbone_params = sum(full_numel(p) for p in model.parameters())
 
     replaced = []
     for name, parts in plan.items():
@@ -219,7 +225,7 @@ def inject_adamix(model: nn.Module, cfg: AdaMixConfig, router: Router | None = N
     return InjectionReport(
         router=router, model_type=model_type, replaced=replaced,
         backbone_params=backbone_params,
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        trainable_params=sum(full_numel(p) for p in model.parameters() if p.requires_grad),
         adaptation_params=sum(p.numel() for p in adaptation.values()),
         inference_params=sum(m.inference_param_count() for m in adamix_layers(model).values()),
     )

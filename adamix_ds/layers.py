@@ -25,7 +25,8 @@ def projection_shape(base: nn.Module) -> tuple[int, int]:
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features
     if isinstance(base, Conv1D):
-        d_in, d_out = base.weight.shape
+        # a ZeRO-3 partitioned weight is empty here; DeepSpeed keeps the full shape in ds_shape
+        d_in, d_out = getattr(base.weight, "ds_shape", base.weight.shape)
         assert d_out == base.nf, "Conv1D stores its weight as (in, out)"
         return d_in, d_out
     raise TypeError(f"AdaMix can adapt nn.Linear or transformers Conv1D, not {type(base).__name__}")

@@ -31,6 +31,7 @@ class TrainSettings:
     label_smoothing: float = 0.1
     consistency: str = "paired"
     fused_loss: bool = False                 # loss from hidden states in chunks (no full logits)
+    gradient_checkpointing: bool = False     # recompute each block in backward (routes replayed)
     seed: int = 110
     log_every: int = 10
     save_every: int | None = None         # optimizer steps between resumable checkpoints
@@ -40,6 +41,10 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
+        for flag in ("fused_loss", "gradient_checkpointing"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"train.{flag} must be true or false, "
+                                  f"got {getattr(self, flag)!r}")
         if self.consistency not in PASS_SCHEDULES:
             raise ConfigError(f"train.consistency must be one of {list(PASS_SCHEDULES)}, "
                               f"got {self.consistency!r}")

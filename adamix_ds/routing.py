@@ -134,6 +134,23 @@ class Router:
         finally:
             self.inference = saved
 
+    # --- recomputation -----------------------------------------------------------------------
+    def forward_state(self) -> tuple[int, tuple[int, ...], str, int]:
+        """Everything besides the key that decides a forward's routes:
+        ``(step, passes, inference, eval_draw)``."""
+        return self.step, self.passes, self.inference, self.eval_draw
+
+    @contextlib.contextmanager
+    def replaying(self, state: tuple[int, tuple[int, ...], str, int]) -> Iterator[Router]:
+        """Route as the forward that saw ``state`` (a :meth:`forward_state`) did: activation
+        checkpointing recomputes a block during backward, after the pass contexts closed."""
+        saved = self.forward_state()
+        self.step, self.passes, self.inference, self.eval_draw = state
+        try:
+            yield self
+        finally:
+            self.step, self.passes, self.inference, self.eval_draw = saved
+
     # --- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "step": self.step, "eval_draw": self.eval_draw,

@@ -237,3 +237,10 @@ def test_total_optimizer_steps_exact_for_decimal_epochs():
     """Fractional epochs written in decimal: 0.57 x 200 = 114 micro-batches = 2 steps of 57."""
     from adamix_ds.training.engine import total_optimizer_steps
     assert total_optimizer_steps(200, 57, TrainSettings(epochs=0.57)) == 2
+
+
+@pytest.mark.parametrize("flag", ["fused_loss", "gradient_checkpointing"])
+def test_switch_that_is_not_a_boolean_names_file_and_key(tmp_path, flag):
+    """``gradient_checkpointing: "no"`` would be truthy; a switch must be a YAML boolean."""
+    path, message = _load_error(tmp_path, f"train:\n  {flag}: 'no'\n")
+    assert str(path) in message and f"train.{flag} must be true or false" in message, message

@@ -89,6 +89,10 @@ def precision(config: dict[str, Any]) -> str:
     return "fp16" if _enabled(config, "fp16") else "fp32"
 
 
+def zero_stage(config: dict[str, Any]) -> int:
+    return config.get("zero_optimization", {}).get("stage", 0)
+
+
 def offloads_optimizer(config: dict[str, Any]) -> bool:
     zero = config.get("zero_optimization", {})
     return zero.get("offload_optimizer", {}).get("device", "none") != "none"

@@ -1,7 +1,9 @@
 """DeepSpeed engine construction and ZeRO-aware access to the adaptation tensors."""
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import deepspeed
@@ -11,7 +13,7 @@ from torch import nn
 from ..config import AdaMixConfig
 from ..inject import saved_parameters
 from ..preset import TrainSettings
-from .ds_config import offloads_optimizer
+from .ds_config import offloads_optimizer, zero_stage
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
@@ -49,6 +51,25 @@ def build_engine(model: nn.Module, train: TrainSettings, ds_config: dict[str, An
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
     return engine, scheduler
+
+
+@contextlib.contextmanager
+def zero3_construction(ds_config: dict[str, Any]) -> Iterator[None]:
+    """Under ZeRO-3, build models in partitions: while this is open an ``HfDeepSpeedConfig`` is
+    alive, so ``transformers`` constructs every model inside ``deepspeed.zero.Init`` (and
+    ``from_pretrained`` loads each rank's share of the weights). Every rank must build the same
+    models in the same order inside it (collective). A no-op for stages 0-2."""
+    if zero_stage(ds_config) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    hf_config = HfDeepSpeedConfig(ds_config)  # transformers holds only a weak reference
+    try:
+        yield
+    finally:
+        # models built later (rank 0's decoding after training) are ordinary, whole models
+        del hf_config
 
 
 def gather_adaptation_state(module: nn.Module, cfg: AdaMixConfig) -> dict[str, torch.Tensor]:

@@ -23,14 +23,20 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import save_adaptation
+from ..checkpointing import enable_activation_checkpointing
 from ..inject import inject_adamix
 from ..preset import Preset
 from ..routing import counter_hash
 from ..tasks.base import TrainTask
 from ..tasks.nlg import nlg_task
 from ..tasks.nlu import nlu_task
-from .ds_config import read_ds_config
-from .engine import build_engine, gather_adaptation_state, total_optimizer_steps
+from .ds_config import read_ds_config, zero_stage
+from .engine import (
+    build_engine,
+    gather_adaptation_state,
+    total_optimizer_steps,
+    zero3_construction,
+)
 from .loop import StepStats, micro_batch_stream, train_step
 from .monitor import TrainMonitor
 from .sampler import ShardedBatchOrder
@@ -79,7 +85,7 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
     world, rank = dist.get_world_size(), dist.get_rank()
     ds_config = read_ds_config(ds_config_path, world)
-    if preset.train.fused_loss and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+    if preset.train.fused_loss and zero_stage(ds_config) == 3:
         # the fused loss reads the LM head's weight outside the module's forward, where ZeRO-3
         # holds only this rank's partition of it
         raise ValueError(f"train.fused_loss does not support ZeRO stage 3 ({ds_config_path}); "
@@ -90,18 +96,22 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
 
-    task = build_task(preset)
-    dataset, model = task.dataset, task.model
-    # Expert init draws from torch's global RNG, which each process seeds at random: seed it, so
-    # a run is reproducible (1 rank vs N ranks, launcher vs mpirun) and every rank inits alike.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(counter_hash(train.seed, _EXPERT_INIT_STREAM) >> 1)
-        router = inject_adamix(model, cfg).router
-    micro = ds_config["train_micro_batch_size_per_gpu"]
-    accumulation = ds_config.get("gradient_accumulation_steps", 1)
-    order = ShardedBatchOrder(len(dataset), micro, world, rank, train.seed)
-    total_steps = total_optimizer_steps(order.batches_per_epoch, accumulation, train)
-    engine, scheduler = build_engine(model, train, ds_config, total_steps)
+    with zero3_construction(ds_config):
+        task = build_task(preset)  # under ZeRO-3 the backbone is born partitioned
+        dataset, model = task.dataset, task.model
+        # Expert init draws from torch's global RNG, which each process seeds at random: seed
+        # it, so a run is reproducible (1 rank vs N ranks, launcher vs mpirun) and every rank
+        # inits alike. The (small) expert tensors are whole here; initialize partitions them.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(counter_hash(train.seed, _EXPERT_INIT_STREAM) >> 1)
+            router = inject_adamix(model, cfg).router
+        if train.gradient_checkpointing:
+            enable_activation_checkpointing(model, router)
+        micro = ds_config["train_micro_batch_size_per_gpu"]
+        accumulation = ds_config.get("gradient_accumulation_steps", 1)
+        order = ShardedBatchOrder(len(dataset), micro, world, rank, train.seed)
+        total_steps = total_optimizer_steps(order.batches_per_epoch, accumulation, train)
+        engine, scheduler = build_engine(model, train, ds_config, total_steps)
 
     checkpoints = output_dir / "checkpoints"
     position = {"epoch": 0, "batch": 0, "step": 0}

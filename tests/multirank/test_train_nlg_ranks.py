@@ -63,12 +63,14 @@ RESUME_STEPS = 10  # tiny_dropout.yaml's max_steps
 ERROR_TIMEOUT = 90  # a bad input must be refused before any training
 
 # Float32 rounding differs between 1 rank x 2b and 2 ranks x b (other matmul shapes, other
-# reduction order): measured |diff| <= 2e-6 on losses of ~10.8 and <= 5e-6 on expert weights,
-# while training moves tiny.yaml's loss by 1.6e-3 at step 3 and 1e-2 to 5e-2 at steps 4-6 (vs.
-# the same run at lr 1e-9) and the weights by ~0.1. (Per-rank instead of global token means
-# shift step 1 by 4e-4 already: an rtol of 1e-4, 1e-3 absolute, would let that through.)
+# reduction order): measured |diff| <= 2e-6 on losses of ~10.8 and <= 3e-6 on 4,095 of the
+# 4,096 expert weights; the last one differs by 2.4e-5 (an element whose gradient is ~0, where
+# Adam's m / sqrt(v) magnifies the rounding), while training moves tiny.yaml's loss by 1.6e-3 at
+# step 3 and 1e-2 to 5e-2 at steps 4-6 (vs. the same run at lr 1e-9) and the weights by ~0.1.
+# (Per-rank instead of global token means shift step 1 by 4e-4 already: an rtol of 1e-4, 1e-3
+# absolute, would let that through.)
 LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 2e-5
+WEIGHT_ATOL = 5e-5
 EXACT_RTOL = 1e-6  # same world size and batch shapes (mpirun vs launcher, resume vs uninterrupted)
 
 
@@ -156,6 +158,18 @@ def zero3(root, ds_config) -> Run:
 
 
 @pytest.fixture(scope="module")
+def zero3_checkpointed(root, ds_config) -> Run:
+    """2 ranks, ZeRO-3, tiny.yaml with activation checkpointing on."""
+    preset = yaml.safe_load(TINY.read_text())
+    preset["train"]["gradient_checkpointing"] = True
+    path = root / "tiny_checkpointed.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    out = root / "two_ranks_zero3_checkpointed"
+    return run_ok("2 ranks ZeRO-3 micro 2, checkpointing",
+                  launcher_cmd(2, train_args(ds_config(3, 2), path, out)), out, child_env())
+
+
+@pytest.fixture(scope="module")
 def uninterrupted(references) -> Run:
     result = references["uninterrupted"]
     assert_run_outputs(result, RESUME_STEPS)
@@ -178,6 +192,16 @@ def test_two_ranks_match_one_rank_with_double_micro_batch(stage, request, one_ra
                       f"2 ranks ZeRO-{stage} x micro 2 vs 1 rank x micro 4")
     # The csv_monitor of the shipped config writes under the run directory.
     assert (two.out_dir / "monitor").is_dir()
+
+
+def test_zero3_with_activation_checkpointing_matches_one_rank(zero3_checkpointed, one_rank):
+    """Blocks recomputed in backward under ZeRO-3 (parameters gathered again, routes replayed)
+    train exactly as one rank without checkpointing."""
+    assert_run_outputs(zero3_checkpointed, STEPS)
+    preset = json.loads((zero3_checkpointed.out_dir / "preset.json").read_text())
+    assert preset["train"]["gradient_checkpointing"] is True
+    assert_rows_close(log_rows(zero3_checkpointed.out_dir), log_rows(one_rank.out_dir),
+                      LOSS_RTOL, "2 ranks ZeRO-3 + checkpointing vs 1 rank")
 
 
 # --------------------------------------------------------------------------------------------
