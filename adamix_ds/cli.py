@@ -2,6 +2,7 @@
 
     adamix-ds inspect --backbone gpt2-medium --init random --method adapter --experts 8 \\
         --bottleneck 8 --share up --json
+    adamix-ds export runs/e2e/adaptation --backbone gpt2-medium --merged served/ --dtype bfloat16
     adamix-ds score webnlg --refs references_webnlg/reference --hyp hypothesis_webnlg \\
         --categories categories.txt
 """
@@ -12,11 +13,15 @@ import json
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from .backbones import INITS, load_backbone
 from .checkpoint import export_peft, load_adaptation, read_adaptation_config, save_adaptation
 from .config import AdaMixConfig, ConfigError
+from .data import load_tokenizer, tokenizer_source
 from .inject import inject_adamix
 from .merging import MERGE_MODES, merge_experts
+from .serving import export_merged_model
 
 
 def _add_adamix_args(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +66,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_checkpoint(args: argparse.Namespace):
+def _load_checkpoint(args: argparse.Namespace, dtype: torch.dtype | None = None):
     cfg, meta = read_adaptation_config(args.checkpoint)
-    model = load_backbone(args.backbone, init=args.init, task=args.task)
+    model = load_backbone(args.backbone, init=args.init, task=args.task, dtype=dtype)
     inject_adamix(model, cfg)
     load_adaptation(model, args.checkpoint, cfg)
     return model, cfg, meta
@@ -79,10 +84,36 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_tokenizer(args: argparse.Namespace, model_type: str):
+    """--tokenizer, else the backbone directory's own, else GPT-2's bundled BPE for GPT-2."""
+    source = tokenizer_source(args.tokenizer, args.backbone)
+    if source is not None:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+    if model_type == "gpt2":
+        return load_tokenizer()
+    print(f"adamix-ds export: no tokenizer saved (none in {args.backbone}; pass --tokenizer)",
+          file=sys.stderr)
+    return None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    model, cfg, _ = _load_checkpoint(args)
-    export_peft(model, args.out, cfg, base_model_name_or_path=args.backbone)
-    print(f"PEFT adapter -> {args.out}")
+    if not (args.out or args.merged):
+        raise ValueError("export: give --out DIR (a PEFT adapter) and/or --merged DIR (a dense "
+                         "model with the merged LoRA folded in)")
+    if args.dtype != "float32" and not args.merged:
+        raise ValueError("export: --dtype applies to --merged only")
+    # fold in float32 whatever the checkpoint's dtype, cast when saving
+    model, cfg, _ = _load_checkpoint(args, torch.float32 if args.merged else None)
+    if args.out:
+        export_peft(model, args.out, cfg, base_model_name_or_path=args.backbone)
+        print(f"PEFT adapter -> {args.out}")
+    if args.merged:
+        tokenizer = _export_tokenizer(args, model.config.model_type)
+        export_merged_model(model, args.merged, tokenizer=tokenizer,
+                            dtype=getattr(torch, args.dtype))
+        print(f"dense model ({args.dtype}, merged LoRA folded in) -> {args.merged}")
     return 0
 
 
@@ -168,15 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_inspect)
 
     for name, func, helptext in (("merge", cmd_merge, "merge a mixture checkpoint's experts"),
-                                 ("export", cmd_export, "export a LoRA checkpoint to PEFT")):
+                                 ("export", cmd_export, "export a LoRA checkpoint to PEFT "
+                                                        "and / or a dense merged model")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("checkpoint", help="adaptation checkpoint directory")
         p.add_argument("--backbone", required=True)
         p.add_argument("--init", choices=INITS, default="pretrained")
         p.add_argument("--task", default="causal_lm")
-        p.add_argument("--out", required=True)
         if name == "merge":
+            p.add_argument("--out", required=True)
             p.add_argument("--mode", choices=MERGE_MODES, default="average")
+        else:
+            p.add_argument("--out", help="write the merged LoRA as a PEFT adapter here")
+            p.add_argument("--merged", metavar="DIR",
+                           help="write the backbone with the merged LoRA folded in, as a "
+                                "standard Hugging Face model directory (from_pretrained, vLLM)")
+            p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                           default="float32", help="--merged: dtype of the saved weights (the "
+                                                   "fold runs in float32)")
+            p.add_argument("--tokenizer", help="--merged: tokenizer to save beside the weights "
+                                               "(default: the backbone directory's own)")
         p.set_defaults(func=func)
 
     score = sub.add_parser("score", help="official E2E / WebNLG / DART scores of system outputs",

@@ -97,21 +97,31 @@ class AdaMixLoRA(AdaMixLayer):
         return out
 
     # --- folding the merged update into the base weight (serving with zero overhead) --------
-    def _apply_delta(self, sign: float) -> None:
-        weight = self.base.weight
+    def _add_delta(self, weight: torch.Tensor, sign: float) -> None:
+        """weight += sign * the merged update, slice by slice, in place (weight: the base's
+        layout, Conv1D (d_in, d_out) or Linear (d_out, d_in))."""
         for slice_name, (start, stop) in self.slices.items():
             delta = self.experts[slice_name].delta_weight().to(weight.dtype)  # (d_in, d_slice)
             if isinstance(self.base, Conv1D):
-                weight.data[:, start:stop] += sign * delta      # Conv1D weight: (d_in, d_out)
+                weight[:, start:stop] += sign * delta
             else:
-                weight.data[start:stop, :] += sign * delta.T    # Linear weight: (d_out, d_in)
+                weight[start:stop, :] += sign * delta.T
+
+    @torch.no_grad()
+    def folded_weight(self) -> torch.Tensor:
+        """A new tensor: the base weight with the merged update added (the layer is unchanged)."""
+        if self.folded:
+            raise RuntimeError("layer is folded: its base weight already holds the update")
+        weight = self.base.weight.detach().clone()
+        self._add_delta(weight, +1.0)
+        return weight
 
     @torch.no_grad()
     def fold(self) -> None:
         """Add the merged (Eq. 3) update into the base weight and skip the branch."""
         if self.folded:
             raise RuntimeError("layer is already folded")
-        self._apply_delta(+1.0)
+        self._add_delta(self.base.weight.data, +1.0)
         self.folded = True
 
     @torch.no_grad()
@@ -119,7 +129,7 @@ class AdaMixLoRA(AdaMixLayer):
         """Subtract the folded update again (exact up to rounding)."""
         if not self.folded:
             raise RuntimeError("layer is not folded")
-        self._apply_delta(-1.0)
+        self._add_delta(self.base.weight.data, -1.0)
         self.folded = False
 
 

@@ -88,3 +88,33 @@ def test_merge_and_export_commands(tmp_path, capsys):
     peft_cfg = json.loads((tmp_path / "p" / "adapter_config.json").read_text())
     assert peft_cfg["r"] == 4 and peft_cfg["fan_in_fan_out"] is True
     assert peft_cfg["lora_alpha"] == cfg.alpha / cfg.rank * 4
+
+
+def test_export_merged_writes_a_model_that_from_pretrained_serves(tmp_path, capsys):
+    """export --merged: a dense directory; plain transformers loads it and its logits equal the
+    AdaMix model's merged mode; the backbone directory's tokenizer files travel with it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adamix_ds import AdaMixConfig, adaptation_parameters, inject_adamix
+    from adamix_ds.checkpoint import save_adaptation
+    from adamix_ds.data import load_tokenizer
+    from tests.models import logits, tiny_model, tokens
+
+    backbone = tiny_model("gpt2")
+    backbone.save_pretrained(tmp_path / "backbone")
+    load_tokenizer().save_pretrained(tmp_path / "backbone")
+    cfg = AdaMixConfig(num_experts=3, rank=2)
+    inject_adamix(backbone, cfg)
+    with torch.no_grad():
+        for p in adaptation_parameters(backbone).values():
+            p.normal_(0, 0.2)
+    save_adaptation(backbone, tmp_path / "ckpt", cfg)
+    expected = logits(backbone.eval(), tokens())
+    common = [str(tmp_path / "ckpt"), "--backbone", str(tmp_path / "backbone")]
+    assert main(["export", *common, "--merged", str(tmp_path / "dense")]) == 0
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "dense").eval()
+    torch.testing.assert_close(logits(served, tokens()), expected, atol=2e-5, rtol=0)
+    assert (tmp_path / "dense" / "tokenizer.json").is_file()
+    assert main(["export", *common]) == 2
+    assert "give --out DIR (a PEFT adapter) and/or --merged DIR" in capsys.readouterr().err
