@@ -22,6 +22,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     GPT2Config,
+    LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     RobertaConfig,
@@ -29,6 +30,11 @@ from transformers import (
 from transformers import initialization as hf_init
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+_LLAMA3 = {"num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
+           "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "bos_token_id": 128000,
+           "eos_token_id": 128001,
+           "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
 # name -> (config class, published hyper-parameters that differ from the class defaults)
 PUBLISHED_CONFIGS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
     "gpt2": (GPT2Config, {"n_embd": 768, "n_layer": 12, "n_head": 12}),
@@ -45,6 +51,18 @@ PUBLISHED_CONFIGS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
                                       "hidden_size": 1024, "num_hidden_layers": 24,
                                       "num_attention_heads": 16, "intermediate_size": 4096,
                                       "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}),
+    # Llama-family decoders (config.json of the model cards), for planning and smoke runs
+    "meta-llama/Llama-3.1-8B": (LlamaConfig, _LLAMA3 | {
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32}),
+    "meta-llama/Llama-3.1-70B": (LlamaConfig, _LLAMA3 | {
+        "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+        "num_attention_heads": 64}),
+    "meta-llama/Llama-2-13b-hf": (LlamaConfig, {
+        "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+        "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "bos_token_id": 1,
+        "eos_token_id": 2}),
 }
 # Hub ids with an organisation prefix map to the same published configs.
 _ALIASES = {"openai-community/" + k: k for k in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -58,6 +76,7 @@ AUTO_CLASSES = {
     "sequence_classification": AutoModelForSequenceClassification,
 }
 INITS = ("pretrained", "random")
+META = "meta"  # for planning only: parameters without storage (adamix-ds inspect)
 
 
 def load_config(name_or_path: str, **overrides: Any) -> PretrainedConfig:
@@ -85,12 +104,13 @@ def load_backbone(name_or_path: str, init: str = "pretrained", task: str = "caus
     Args:
         name_or_path: hub id (``gpt2-medium``) or local directory with config (+ weights).
         init: ``pretrained`` loads the weights; ``random`` builds from the config with HF's own
-            initialisation (seeded), no weights needed.
+            initialisation (seeded), no weights needed; ``meta`` builds shapes without storage
+            (counting and planning only).
         task: causal_lm | masked_lm | sequence_classification.
         config_overrides: e.g. ``num_labels=3`` for classification.
     """
-    if init not in INITS:
-        raise ValueError(f"--init must be one of {list(INITS)}, got {init!r}")
+    if init not in (*INITS, META):
+        raise ValueError(f"--init must be one of {[*INITS, META]}, got {init!r}")
     if task not in AUTO_CLASSES:
         raise ValueError(f"task must be one of {sorted(AUTO_CLASSES)}, got {task!r}")
     auto = AUTO_CLASSES[task]
@@ -101,6 +121,11 @@ def load_backbone(name_or_path: str, init: str = "pretrained", task: str = "caus
             raise ValueError(f"cannot load pretrained backbone {name_or_path!r}: {err}. Offline? "
                              "Pass a local directory, or --init random for a smoke run.") from err
     config = load_config(name_or_path, **config_overrides)
+    if init == META:  # shapes only, no storage: any size builds on any machine
+        with torch.device("meta"), hf_init.no_init_weights():
+            model = auto.from_config(config, dtype=dtype)
+        model.tie_weights()
+        return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if is_deepspeed_zero3_enabled():

@@ -2,6 +2,8 @@
 
     adamix-ds inspect --backbone gpt2-medium --init random --method adapter --experts 8 \\
         --bottleneck 8 --share up --json
+    adamix-ds inspect --backbone meta-llama/Llama-3.1-70B --init meta --targets q,v --plan \\
+        --zero_stages 3 --ranks 8,64 --seq 2048 --checkpointing
     adamix-ds export runs/e2e/adaptation --backbone gpt2-medium --merged served/ --dtype bfloat16
     adamix-ds score webnlg --refs references_webnlg/reference --hyp hypothesis_webnlg \\
         --categories categories.txt
@@ -15,19 +17,27 @@ from collections.abc import Sequence
 
 import torch
 
-from .backbones import INITS, load_backbone
+from .backbones import INITS, META, load_backbone
 from .checkpoint import export_peft, load_adaptation, read_adaptation_config, save_adaptation
 from .config import AdaMixConfig, ConfigError
 from .data import load_tokenizer, tokenizer_source
 from .inject import inject_adamix
 from .merging import MERGE_MODES, merge_experts
+from .planner import (
+    activation_bytes,
+    largest_module_params,
+    model_state_bytes,
+    parameter_counts,
+)
 from .serving import export_merged_model
+from .tasks.base import PASS_SCHEDULES
 
 
 def _add_adamix_args(parser: argparse.ArgumentParser) -> None:
     d = AdaMixConfig()
     parser.add_argument("--backbone", required=True, help="hub id or local directory")
-    parser.add_argument("--init", choices=INITS, default="pretrained")
+    parser.add_argument("--init", choices=(*INITS, META), default="pretrained",
+                        help="meta: shapes only, no memory (plan a 70B run on a laptop)")
     parser.add_argument("--task", default="causal_lm",
                         choices=("causal_lm", "masked_lm", "sequence_classification"))
     parser.add_argument("--method", default=d.method)
@@ -49,20 +59,60 @@ def _config_from_args(args: argparse.Namespace) -> AdaMixConfig:
                         placement=args.placement)
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError as err:
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from err
+
+
+def _memory_plan(model, args: argparse.Namespace) -> list[dict]:
+    """Per-rank bytes for each (ZeRO stage, rank count) asked for."""
+    frozen, trainable = parameter_counts(model)
+    config = model.config
+    activations = activation_bytes(
+        config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+        config.vocab_size, args.batch, args.seq, paired=args.consistency == "paired",
+        checkpointing=args.checkpointing)
+    largest = largest_module_params(model)
+    plan = []
+    for stage in _int_list(args.zero_stages, "--zero_stages"):
+        for ranks in _int_list(args.ranks, "--ranks"):
+            states = model_state_bytes(frozen, trainable, stage, ranks, args.precision, largest)
+            plan.append({"zero_stage": stage, "ranks": ranks, "params": states.params,
+                         "grads": states.grads, "optimizer": states.optimizer,
+                         "gathered": states.gathered, "activations": activations,
+                         "total": states.total + activations})
+    return plan
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     model = load_backbone(args.backbone, init=args.init, task=args.task)
     report = inject_adamix(model, cfg)
     summary = {"backbone": args.backbone, "init": args.init, "adamix": cfg.to_dict(),
                **report.to_dict()}
+    if args.plan:
+        summary["memory_per_rank"] = _memory_plan(model, args)
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(f"backbone        {args.backbone} ({report.model_type}, init={args.init})")
-        print(f"backbone params {report.backbone_params:,}")
-        print(f"adapted modules {report.adapted_modules}")
-        print(f"trainable       {report.trainable_params:,} (training, {cfg.num_experts} experts)")
-        print(f"inference       {report.inference_params:,} (merged, one module per layer)")
+        return 0
+    print(f"backbone        {args.backbone} ({report.model_type}, init={args.init})")
+    print(f"backbone params {report.backbone_params:,}")
+    print(f"adapted modules {report.adapted_modules}")
+    print(f"trainable       {report.trainable_params:,} (training, {cfg.num_experts} experts)")
+    print(f"inference       {report.inference_params:,} (merged, one module per layer)")
+    if args.plan:
+        gib = 2 ** 30
+        print(f"\nmemory per rank, GiB ({args.precision}, micro-batch {args.batch} x {args.seq}, "
+              f"consistency {args.consistency}, checkpointing "
+              f"{'on' if args.checkpointing else 'off'}; activations estimated):")
+        print("zero  ranks  params  grads  optim  gathered  activations  total")
+        for row in summary["memory_per_rank"]:
+            print(f"{row['zero_stage']:>4}  {row['ranks']:>5}  "
+                  + "  ".join(f"{row[k] / gib:>{w}.2f}" for k, w in
+                              (("params", 6), ("grads", 5), ("optimizer", 5), ("gathered", 8),
+                               ("activations", 11), ("total", 5))))
     return 0
 
 
@@ -196,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="build a backbone, inject AdaMix, print counts")
     _add_adamix_args(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument("--plan", action="store_true",
+                         help="also print the memory each rank needs per ZeRO stage")
+    inspect.add_argument("--zero_stages", default="0,1,2,3", help="--plan: e.g. 2,3")
+    inspect.add_argument("--ranks", default="8", help="--plan: data-parallel ranks, e.g. 8,64")
+    inspect.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
+    inspect.add_argument("--batch", type=int, default=1, help="--plan: micro-batch per rank")
+    inspect.add_argument("--seq", type=int, default=1024, help="--plan: tokens per sequence")
+    inspect.add_argument("--consistency", choices=PASS_SCHEDULES, default="paired",
+                         help="--plan: paired doubles the activations' batch")
+    inspect.add_argument("--checkpointing", action="store_true",
+                         help="--plan: activation checkpointing on")
     inspect.set_defaults(func=cmd_inspect)
 
     for name, func, helptext in (("merge", cmd_merge, "merge a mixture checkpoint's experts"),

@@ -147,13 +147,19 @@ def main() -> None:
     parser.add_argument("--zero3_options", default="{}",
                         help="JSON merged into the ZeRO-3 run's zero_optimization section")
     parser.add_argument("--port", type=int, default=29730)
+    parser.add_argument("--reference", help="take the ZeRO-0 run from this earlier --json "
+                                            "(same backbone, ranks, steps and seq)")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
     stages = [int(s) for s in args.stages.split(",")]
-    if 0 not in stages:
-        parser.error("--stages must include 0 (the reference)")
+    reference = []
+    if args.reference:  # the ZeRO-0 run of an earlier --json, same settings
+        reference = [r for r in json.loads(Path(args.reference).read_text()) if r["stage"] == 0]
+        stages = [s for s in stages if s != 0]
+    elif 0 not in stages:
+        parser.error("--stages must include 0 (the reference), or pass --reference")
     with tempfile.TemporaryDirectory(prefix="bench_zero3_") as tmp:
-        results = [run_stage(stage, args, Path(tmp)) for stage in stages]
+        results = reference + [run_stage(stage, args, Path(tmp)) for stage in stages]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print(table(results, args))
