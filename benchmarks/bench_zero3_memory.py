@@ -50,7 +50,18 @@ def worker(train_argv: list[str]) -> None:
 
     def build_engine_after_mark(*args, **kwargs):
         marks["built_peak_mib"] = status_mib("VmHWM")
-        return build_engine(*args, **kwargs)
+        engine = build_engine(*args, **kwargs)
+        marks["engine_rss_mib"] = status_mib("VmRSS")
+        return engine
+
+    train_step = trainer.train_step
+
+    def train_step_after_mark(*args, **kwargs):
+        stats = train_step(*args, **kwargs)
+        marks.setdefault("step_rss_mib", []).append(status_mib("VmRSS"))
+        return stats
+
+    trainer.train_step = train_step_after_mark
 
     trainer.build_engine = build_engine_after_mark
     nlg_task = trainer.nlg_task

@@ -6,6 +6,8 @@ output (no zero-init pass hides a broken path).
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -200,3 +202,28 @@ def test_product_merges_through_model_and_peft(mode, tmp_path):
     export_peft(model, tmp_path / "peft", cfg)
     peft_model = PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "peft")).eval()
     torch.testing.assert_close(logits(peft_model, ids), out, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bf16_merged_and_folded_agree_with_unmerged_within_bf16_rounding(arch):
+    """In bf16 the merge and the fold add rounding of their own (a folded weight is rounded once
+    more after the update is added). Oracle: the same weights in float64, unmerged. Each bf16
+    path's error must stay within a small multiple of what bf16 itself costs the unmerged model,
+    and the adaptation must stay visible (a fold that rounds the update away would fail)."""
+    ids = tokens()
+    cfg = AdaMixConfig(method="lora", num_experts=3, rank=4, alpha=8.0, targets=("q", "v"))
+    model = _fresh(arch, cfg)
+    _randomise(model)
+    reference = logits(copy.deepcopy(model).double(), ids)
+    effect = (reference - logits(tiny_model(arch).double(), ids)).abs().max()
+    model = model.to(torch.bfloat16)
+    errors = {"unmerged": (logits(model, ids).double() - reference).abs().max()}
+    merge_experts(model, "average")
+    errors["merged"] = (logits(model, ids).double() - reference).abs().max()
+    fold_lora(model)
+    errors["folded"] = (logits(model, ids).double() - reference).abs().max()
+    scale = reference.abs().max()
+    assert errors["unmerged"] < 2 ** -5 * scale, errors  # 8 significant bits, a few layers deep
+    for path in ("merged", "folded"):
+        assert errors[path] <= 3 * errors["unmerged"] + 2 ** -8 * scale, (path, errors)
+    assert max(errors.values()) < 0.2 * effect, (errors, effect)
