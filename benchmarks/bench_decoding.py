@@ -28,7 +28,7 @@ import torch
 
 from adamix_ds.backbones import load_backbone
 from adamix_ds.data import load_nlg_records, load_tokenizer
-from adamix_ds.evaluation.beam import BeamSettings, beam_search
+from adamix_ds.evaluation.beam import BeamSettings, beam_search, with_stop_tokens
 from adamix_ds.evaluation.generate import build_prompt, decode_contexts, default_prompt_budget
 from adamix_ds.evaluation.pipeline import load_decoding_model
 
@@ -69,7 +69,8 @@ def main() -> None:
         tokenizer, data_dir = load_tokenizer(), args.data_dir
         source = "random-init backbone"
     lines = [r["context"] for r in load_nlg_records("e2e", "test", data_dir)][:args.max_lines]
-    settings = BeamSettings(stop_token_ids=(-1,)) if args.no_stop else BeamSettings()
+    settings = with_stop_tokens(BeamSettings(stop_token_ids=(-1,)) if args.no_stop
+                                else BeamSettings(), tokenizer)
     budget = default_prompt_budget(model, settings)
     prompts = [build_prompt(ids, tokenizer.eos_token_id, budget)
                for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]

@@ -61,7 +61,9 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
     dec.add_argument("--length_penalty", type=float, default=0.8)
     dec.add_argument("--no_repeat_ngram_size", type=int, default=4)
     dec.add_argument("--max_new_tokens", type=int, default=64)
-    dec.add_argument("--stop_token_ids", type=int, nargs="+", default=[50256, 628])
+    dec.add_argument("--stop_token_ids", type=int, nargs="+", default=None,
+                     help="default: the tokenizer's eos and its \"\\n\\n\" token (GPT-2: "
+                          "50256 628)")
     dec.add_argument("--batch_size", type=int, default=16, help="contexts per beam search")
     dec.add_argument("--max_prompt_tokens", type=int,
                      help="left-cut prompts (default: positions - max_new_tokens)")
@@ -73,7 +75,7 @@ def beam_settings(args: argparse.Namespace) -> BeamSettings:
     return BeamSettings(num_beams=args.num_beams, length_penalty=args.length_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size,
                         max_new_tokens=args.max_new_tokens,
-                        stop_token_ids=tuple(args.stop_token_ids))
+                        stop_token_ids=tuple(args.stop_token_ids or ()) or None)
 
 
 def init_ranks() -> tuple[int, int, torch.device]:

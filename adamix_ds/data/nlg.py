@@ -115,16 +115,22 @@ def tokenizer_source(tokenizer: str | None, backbone: str) -> str | None:
 
 
 def load_tokenizer(name_or_path: PathLike | None = None) -> Any:
-    """A GPT-2 BPE tokenizer (``transformers.GPT2TokenizerFast``).
+    """The run's tokenizer: the backbone's own (``AutoTokenizer``: GPT-2 BPE, Llama's, ...) or,
+    with no source, the bundled GPT-2 BPE.
 
     Args:
         name_or_path: hub id (``"gpt2"``; needs a cache when offline) or a local folder;
             ``None`` = the bundled ``assets/gpt2_tokenizer`` (works offline).
     """
-    from transformers import GPT2TokenizerFast  # deferred: the readers work without transformers
+    # deferred: the readers work without transformers
+    from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    source = bundled_asset(DEFAULT_TOKENIZER) if name_or_path is None else name_or_path
-    return GPT2TokenizerFast.from_pretrained(str(source))
+    source = Path(bundled_asset(DEFAULT_TOKENIZER) if name_or_path is None else name_or_path)
+    if ((source / "vocab.json").is_file() and (source / "merges.txt").is_file()
+            and not (source / "tokenizer.json").is_file()):
+        # bare GPT-2 BPE files (the bundled copy, OpenAI's release) name no tokenizer class
+        return GPT2TokenizerFast.from_pretrained(str(source))
+    return AutoTokenizer.from_pretrained(str(source))
 
 
 def load_nlg_dataset(

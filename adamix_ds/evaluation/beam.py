@@ -23,7 +23,8 @@ one forward (the caller routes segment ``t`` with ensemble member ``t``); the be
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,15 +41,36 @@ class BeamSettings:
     length_penalty: float = 0.8
     no_repeat_ngram_size: int = 4
     max_new_tokens: int = 64
-    stop_token_ids: tuple[int, ...] = (50256, 628)  # <|endoftext|> and "\n\n"
+    # None: the tokenizer's (``with_stop_tokens``): its eos, and "\n\n" when that is one token
+    # (GPT-2: 50256 and 628, the stop set of the LoRA NLG code the paper decodes with)
+    stop_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError(f"num_beams and max_new_tokens must be >= 1: {self}")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be >= 0: {self}")
-        if not self.stop_token_ids:
-            raise ValueError("stop_token_ids must not be empty")
+        if self.stop_token_ids is not None and not self.stop_token_ids:
+            raise ValueError("stop_token_ids must not be empty (None: the tokenizer's)")
+
+
+def tokenizer_stop_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The tokenizer's eos, and the token of "\n\n" when it encodes to exactly one."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no eos_token_id to stop decoding at; "
+                         "pass stop_token_ids")
+    stops = [tokenizer.eos_token_id]
+    blank = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    if len(blank) == 1 and blank[0] not in stops:
+        stops.append(blank[0])
+    return tuple(stops)
+
+
+def with_stop_tokens(settings: BeamSettings, tokenizer: Any) -> BeamSettings:
+    """``settings`` with its stop tokens taken from ``tokenizer`` unless given."""
+    if settings.stop_token_ids is not None:
+        return settings
+    return replace(settings, stop_token_ids=tokenizer_stop_tokens(tokenizer))
 
 
 def ban_repeated_ngrams(logprobs: torch.Tensor, history: torch.Tensor, size: int) -> torch.Tensor:
@@ -118,6 +140,9 @@ def beam_search(model: nn.Module, prompts: Sequence[Sequence[int]], settings: Be
         members: logit-ensemble size T; the model sees T member-major copies of the batch.
     """
     device = next(model.parameters()).device
+    if settings.stop_token_ids is None:
+        raise ValueError("beam_search: settings.stop_token_ids is None; resolve it from the "
+                         "tokenizer first (with_stop_tokens)")
     batch, beams, stops = len(prompts), settings.num_beams, settings.stop_token_ids
     ids, mask = left_pad(prompts, pad_id, device)
     ids, mask = ids.repeat(members, 1), mask.repeat(members, 1)           # (T*B, L)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..inference import inference_policy
 from ..routing import Router
-from .beam import BeamSettings, beam_search
+from .beam import BeamSettings, beam_search, with_stop_tokens
 
 PAPER_BEAM = BeamSettings()  # frozen: one shared default is safe
 
@@ -56,6 +56,7 @@ def _decode_prompts(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int
                     inference: str, ensemble_passes: int, route_draw: int) -> list[str]:
     """Beam-decode token prompts; texts come back in the order of ``prompts``."""
     model.eval()
+    settings = with_stop_tokens(settings, tokenizer)
     # Longest first, so each batch pads little and the biggest batch fails first if memory is short.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
