@@ -48,17 +48,22 @@ def worker(train_argv: list[str]) -> None:
     marks: dict[str, float] = {}
     build_engine = trainer.build_engine
 
+    def phase_peak(name: str) -> None:
+        """The high-water mark since the last phase, then reset it (Linux >= 4.0)."""
+        marks.setdefault("phase_peaks_mib", {})[name] = status_mib("VmHWM")
+        Path("/proc/self/clear_refs").write_text("5")
+
     def build_engine_after_mark(*args, **kwargs):
         marks["built_peak_mib"] = status_mib("VmHWM")
         engine = build_engine(*args, **kwargs)
-        marks["engine_rss_mib"] = status_mib("VmRSS")
+        phase_peak("build")
         return engine
 
     train_step = trainer.train_step
 
     def train_step_after_mark(*args, **kwargs):
         stats = train_step(*args, **kwargs)
-        marks.setdefault("step_rss_mib", []).append(status_mib("VmRSS"))
+        phase_peak(f"step {len(marks['phase_peaks_mib'])}")
         return stats
 
     trainer.train_step = train_step_after_mark
@@ -75,7 +80,8 @@ def worker(train_argv: list[str]) -> None:
     try:
         runpy.run_path(str(TRAIN), run_name="__main__")
     finally:
-        marks["peak_mib"] = status_mib("VmHWM")
+        phase_peak("save and exit")
+        marks["peak_mib"] = max(marks["phase_peaks_mib"].values())
         print(MARK + json.dumps({"rank": int(os.environ.get("RANK", 0)), **marks}), flush=True)
 
 
