@@ -88,6 +88,7 @@ def worker(train_argv: list[str]) -> None:
 def preset(args: argparse.Namespace) -> dict:
     return {
         "backbone": args.backbone, "init": "random", "task": "e2e", "data_dir": None,
+        "backbone_config": {"n_layer": args.n_layer} if args.n_layer else {},
         "max_seq_len": args.seq, "max_train_examples": 16,
         "adamix": {"method": "lora", "num_experts": 8, "rank": 4, "alpha": 32,
                    "targets": ["q", "v"], "share": "up", "consistency_weight": 100.0},
@@ -157,6 +158,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="gpt2-large")
+    parser.add_argument("--n_layer", type=int, default=0, help="override the layer count")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
