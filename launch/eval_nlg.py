@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from adamix_ds.config import INFERENCE_MODES
+from adamix_ds.evaluation.beam import with_stop_tokens
 from adamix_ds.evaluation.generate import decode_sharded
 from adamix_ds.evaluation.metrics.java import JavaNotFoundError
 from adamix_ds.evaluation.metrics.meteor import Meteor15
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     categories = [g["category"] for g in groups] if all("category" in g for g in groups) else None
     out = Path(args.output_dir) if args.output_dir else \
         Path(args.checkpoint).resolve().parent / f"eval_{args.split}"
-    settings = beam_settings(args)
+    settings = with_stop_tokens(beam_settings(args), loaded.tokenizer)  # as recorded
 
     def decode_and_score(name: str, inference: str, passes: int = 1, draw: int = 0
                          ) -> dict[str, Any] | None:

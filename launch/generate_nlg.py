@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from adamix_ds.config import INFERENCE_MODES
-from adamix_ds.evaluation.beam import BeamSettings
+from adamix_ds.evaluation.beam import BeamSettings, with_stop_tokens
 from adamix_ds.evaluation.generate import decode_sharded
 from adamix_ds.evaluation.pipeline import (
     TASKS,
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     job = prepare_decoding(args, merge=args.inference == "merged")
     check_policy_flags(args, job.loaded.model, job.loaded.router)
     rank, world, groups, task = job.rank, job.world, job.groups, job.task
-    settings = beam_settings(args)
+    settings = with_stop_tokens(beam_settings(args), job.loaded.tokenizer)  # as recorded
     start = time.perf_counter()
     outputs = decode_sharded(job.loaded.model, job.loaded.tokenizer, [g["context"] for g in groups],
                              rank=rank, world_size=world, settings=settings,

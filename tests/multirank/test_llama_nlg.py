@@ -120,3 +120,41 @@ def test_stop_tokens_come_from_the_tokenizer(llama_run):
     stops = tokenizer_stop_tokens(llama)
     assert stops[0] == llama.eos_token_id == llama.convert_tokens_to_ids("</s>")
     assert 50256 not in stops
+
+
+def test_generate_script_decodes_the_llama_run_with_its_tokenizers_stop_tokens(llama_run,
+                                                                              tmp_path):
+    import generate_nlg  # launch/generate_nlg.py
+
+    root, run = llama_run
+    out = tmp_path / "gen"
+    assert generate_nlg.main(["--checkpoint", str(run.out_dir / "adaptation"), "--limit", "2",
+                              "--num_beams", "2", "--max_new_tokens", "6",
+                              "--output_dir", str(out)]) == 0
+    assert len((out / "hypotheses.txt").read_text().splitlines()) == 2
+    record = json.loads((out / "generation.json").read_text())
+    llama = load_tokenizer(root / "llama")
+    assert record["beam"]["stop_token_ids"] == list(tokenizer_stop_tokens(llama))
+
+
+def test_right_padded_training_batches_keep_llama_positions(llama_run):
+    """Training pads on the right (collate_nlg), so rotary positions of the real tokens are
+    0..n-1 as in an unpadded forward: each row's logits equal its own unpadded forward's."""
+    from transformers import AutoModelForCausalLM
+
+    from adamix_ds.data import collate_nlg, load_nlg_dataset
+
+    root, _ = llama_run
+    tokenizer = load_tokenizer(root / "llama")
+    model = AutoModelForCausalLM.from_pretrained(root / "llama").eval()
+    dataset = load_nlg_dataset("e2e", "train", None, tokenizer, 128)
+    examples = [dataset[i] for i in (0, 3, 5)]
+    batch = collate_nlg(examples, tokenizer.eos_token_id)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert len(set(lengths)) > 1, "the rows must differ in length for padding to matter"
+    with torch.no_grad():
+        padded = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+        for row, n in enumerate(lengths):
+            alone = model(input_ids=batch["input_ids"][row:row + 1, :n]).logits[0]
+            torch.testing.assert_close(padded[row, :n], alone, atol=1e-5, rtol=0)
