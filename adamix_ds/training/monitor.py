@@ -3,6 +3,7 @@ CSV / W&B as the ds_config enables them), and a loss-curve PNG at the end."""
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,26 @@ class TrainMonitor:
         self._bar: tqdm | None = None
         if enabled:
             fresh = not self.path.exists() or start_step == 0
+            if not fresh:
+                self._drop_rows_after(start_step)
             self._file = open(self.path, "w" if fresh else "a", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
             if fresh:
                 self._writer.writeheader()
             self._bar = tqdm(total=total_steps, initial=start_step, desc="adamix", unit="step",
                              dynamic_ncols=True)
+
+    def _drop_rows_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint (a kill, or a fallback to an older
+        checkpoint): their first rows go, so every step is logged once, as it counted."""
+        with open(self.path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

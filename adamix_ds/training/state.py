@@ -5,20 +5,74 @@ are excluded: they come from the backbone again) plus the client state AdaMix ne
 *exactly*: router step, data position (epoch, micro-batches done) and the optimizer step.
 
 Atomicity: DeepSpeed writes the tag directory; only after every rank has finished does rank 0
-point ``latest`` at it, by writing a temporary file and renaming it. A run killed mid-save resumes
-from the previous complete checkpoint.
+write the tag's ``manifest.json`` (every file's size and sha256) and then point ``latest`` at it,
+each by writing a temporary file and renaming it. A run killed mid-save resumes from the previous
+complete checkpoint. Resume verifies the manifest: a checkpoint whose files are missing, cut short
+or changed is named in one line and skipped for the newest intact one; with none intact the run
+stops with :class:`CheckpointError` (the launchers exit 2 with its message).
+
+DeepSpeed's checkpoint files are pickles (``torch.load``): they are trusted input, the run's own.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 LATEST = "latest"  # DeepSpeed's own pointer file name, so engine.load_checkpoint(dir) works too
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """No intact checkpoint to resume from; the message names directories and files."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(tag_dir: Path, step: int) -> None:
+    """Record every file of a finished checkpoint (size, sha256), atomically and durably."""
+    files = {str(f.relative_to(tag_dir)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+             for f in sorted(tag_dir.rglob("*")) if f.is_file() and f.name != MANIFEST}
+    tmp = tag_dir / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump({"step": step, "files": files}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, tag_dir / MANIFEST)
+
+
+def checkpoint_problem(tag_dir: Path) -> str | None:
+    """Why ``tag_dir`` cannot be resumed from (naming the file), or None if it is intact."""
+    manifest = tag_dir / MANIFEST
+    if not manifest.is_file():
+        return f"{manifest} is missing (the save did not finish)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        return f"{manifest} is unreadable ({err})"
+    for name, expected in files.items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != expected["size"]:
+            return f"{path} has {size} bytes, the manifest says {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{path} does not match its sha256 in the manifest"
+    return None
 
 
 def latest_tag(directory: str | Path) -> str | None:
@@ -36,6 +90,7 @@ def save_checkpoint(engine: Any, directory: str | Path, step: int, client_state:
     if dist.is_initialized():
         dist.barrier()
     if engine.global_rank == 0:
+        write_manifest(directory / tag, step)
         tmp = directory / f".{LATEST}.tmp"
         tmp.write_text(tag)
         os.replace(tmp, directory / LATEST)
@@ -47,14 +102,49 @@ def save_checkpoint(engine: Any, directory: str | Path, step: int, client_state:
     return tag
 
 
+def choose_checkpoint(directory: str | Path) -> str | None:
+    """The newest intact tag (``latest`` first, then older ``step*`` directories); None when
+    there is no checkpoint at all. Each skipped one is reported in one line on stderr."""
+    directory = Path(directory)
+    pointed = latest_tag(directory)
+    tags = sorted((p.name for p in directory.glob("step*") if p.is_dir()), reverse=True)
+    if pointed is not None:
+        # newer directories than `latest` are saves that never finished
+        tags = [pointed] + [t for t in tags if t < pointed]
+    if not tags:
+        return None
+    problems = []
+    for tag in tags:
+        problem = checkpoint_problem(directory / tag)
+        if problem is None:
+            return tag
+        problems.append(problem)
+        print(f"adamix-ds: checkpoint {directory / tag} skipped: {problem}", file=sys.stderr,
+              flush=True)
+    raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems)
+                          + " (move the directory away or pass --no_resume to start over)")
+
+
 def load_checkpoint(engine: Any, directory: str | Path) -> dict[str, Any] | None:
-    """Load the latest complete checkpoint; None if there is none."""
-    tag = latest_tag(directory)
+    """Load the newest intact checkpoint (:func:`choose_checkpoint`); None if there is none.
+    Collective: rank 0 verifies, every rank loads the tag it chose."""
+    choice: list[Any] = [None]  # rank 0's verdict: ("tag", tag or None) | ("error", message)
+    if engine.global_rank == 0:
+        try:
+            choice = [("tag", choose_checkpoint(directory))]
+        except CheckpointError as err:
+            choice = [("error", str(err))]   # every rank stops with it, none waits forever
+    if dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    kind, value = choice[0]
+    if kind == "error":
+        raise CheckpointError(value)
+    tag = value
     if tag is None:
         return None
     path, client_state = engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
     if path is None:
-        raise RuntimeError(f"{directory}/{tag}: DeepSpeed could not load this checkpoint")
+        raise CheckpointError(f"{directory}/{tag}: DeepSpeed could not load this checkpoint")
     return client_state
 
 

@@ -52,6 +52,9 @@ from tests.multirank.conftest import (
     steps_of,
     train_args,
 )
+from tests.multirank.conftest import (
+    run as run_child,
+)
 
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
 
@@ -324,6 +327,37 @@ def test_resume_continues_exactly(root, ds_config, uninterrupted):
     assert steps_of(rows) == list(range(1, 9))
     # Steps 1-4 equal too: the warmup outlasts both runs, so the LR schedule is the same.
     assert_rows_close(rows, reference[:8], EXACT_RTOL, "resumed vs uninterrupted")
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(root, ds_config,
+                                                                 uninterrupted):
+    """Truncate the newest checkpoint's model states: the same command names it, resumes from
+    the older intact checkpoint and ends as the uninterrupted run; with none intact it exits 2
+    with one message (no traceback)."""
+    out = root / "corrupt_newest"
+    args = [*train_args(ds_config(0, 2), TINY_DROPOUT, out), "--save_every", "2"]
+    run_ok("fallback: first 4 steps", single_cmd([*args, "--max_steps", "4"]), out,
+           single_process_env())
+    newest = out / "checkpoints" / "step00000004"
+    assert (out / "checkpoints" / "step00000002" / "manifest.json").is_file()
+    states = newest / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:100])
+    second = run_ok("fallback: steps 3-8", single_cmd([*args, "--max_steps", "8"]), out,
+                    single_process_env())
+    assert f"checkpoint {newest} skipped: {states} has 100 bytes" in second.output
+    assert "Traceback" not in second.output
+    assert_run_outputs(second, 8)
+    rows = log_rows(out)
+    assert steps_of(rows) == list(range(1, 9))  # steps 3-4 ran twice, logged once
+    assert_rows_close(rows, log_rows(uninterrupted.out_dir)[:8], EXACT_RTOL,
+                      "resumed from the older checkpoint vs uninterrupted")
+    for tag in (out / "checkpoints").glob("step*"):
+        (tag / "manifest.json").unlink()
+    third = run_child("fallback: nothing intact", single_cmd([*args, "--max_steps", "10"]), out,
+                single_process_env())
+    assert third.rc == 2, third.describe()
+    assert f"no intact checkpoint in {out / 'checkpoints'}" in third.output
+    assert "Traceback" not in third.output
 
 
 # --------------------------------------------------------------------------------------------
