@@ -11,6 +11,7 @@ leaves either the previous complete checkpoint or the new complete one, never a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -95,8 +97,41 @@ def save_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig,
     }
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return Path(directory)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Weight files that are pickles: loading one can run arbitrary code, so none is ever loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def refuse_pickles(directory: Path, expected: str) -> None:
+    """A clear error when ``expected`` (a safetensors file) is absent from ``directory``, naming
+    any pickled weight file found instead."""
+    if (directory / expected).is_file():
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{directory}: weights are {pickles} (pickle), not {expected}: refused, "
+                         "since unpickling can run code; re-save them as safetensors")
+    raise FileNotFoundError(f"{directory / expected}: no such file")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with an error that names the file when it is not one."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
 
 
 def read_adaptation_config(directory: str | Path) -> tuple[AdaMixConfig, dict[str, Any]]:
@@ -104,9 +139,16 @@ def read_adaptation_config(directory: str | Path) -> tuple[AdaMixConfig, dict[st
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not an AdaMix checkpoint (no {CONFIG_FILE})")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    missing = [k for k in ("adamix", "merged") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {missing}")
     return AdaMixConfig.from_dict(meta["adamix"], source=str(path)), meta
 
 
@@ -127,7 +169,13 @@ def load_adaptation(model: nn.Module, directory: str | Path, cfg: AdaMixConfig) 
     if meta["merged"] and _merge_state(model) != meta["merged"]:
         merge_experts(model, meta["merged"])
     params = saved_parameters(model, cfg)
-    state = load_file(str(Path(directory) / WEIGHTS_FILE))
+    directory = Path(directory)
+    refuse_pickles(directory, WEIGHTS_FILE)
+    expected = meta.get("weights_sha256")  # absent in directories saved before it existed
+    if expected is not None and file_sha256(directory / WEIGHTS_FILE) != expected:
+        raise ValueError(f"{directory / WEIGHTS_FILE}: its sha256 differs from the one in "
+                         f"{CONFIG_FILE} (a damaged or replaced file)")
+    state = read_safetensors(directory / WEIGHTS_FILE)
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
         raise ValueError(f"{directory}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")

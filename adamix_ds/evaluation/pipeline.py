@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from ..backbones import load_backbone
-from ..checkpoint import CONFIG_FILE, atomic_directory, load_adaptation, read_adaptation_config
+from ..checkpoint import (
+    CONFIG_FILE,
+    atomic_directory,
+    load_adaptation,
+    read_adaptation_config,
+    refuse_pickles,
+)
 from ..config import AdaMixConfig
 from ..data import group_references, load_nlg_records, load_tokenizer, tokenizer_source
 from ..inject import inject_adamix
@@ -108,6 +114,7 @@ def _load_peft(path: Path, backbone: str | None, init: str, tokenizer: str | Non
     base_name = backbone or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
     if not base_name:
         raise ValueError(f"{path}: the PEFT export names no base model; pass --backbone")
+    refuse_pickles(path, "adapter_model.safetensors")  # PEFT would fall back to torch.load
     base = load_backbone(base_name, init=init)
     model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     return DecodingModel(model, None, _tokenizer_for({}, base_name, tokenizer), {}, None, "peft")
