@@ -34,6 +34,33 @@ class CheckpointError(ValueError):
     """No intact checkpoint to resume from; the message names directories and files."""
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota, an I/O error). The partial
+    directory is removed; the previous checkpoint and ``latest`` are untouched."""
+
+
+def _checkpoint_bytes(tag_dir: Path) -> int:
+    return sum(f.stat().st_size for f in tag_dir.rglob("*") if f.is_file())
+
+
+def save_failure(directory: Path, tag: str, err: OSError) -> CheckpointSaveError:
+    """Remove the partial ``tag`` directory and describe the failure: what, where, and how much
+    space a checkpoint takes (the newest complete one's size) against what is free."""
+    partial = directory / tag
+    shutil.rmtree(partial, ignore_errors=True)
+    previous = latest_tag(directory)
+    size = _checkpoint_bytes(directory / previous) if previous else None
+    free = shutil.disk_usage(directory).free
+    needs = (f"a checkpoint takes {size / 2 ** 20:.1f} MiB (the size of {previous})"
+             if size is not None else "no earlier checkpoint to size it by")
+    where = f" writing {err.filename}" if err.filename else ""
+    kept = f"{directory / previous} and `latest` are unchanged" if previous else "none existed"
+    return CheckpointSaveError(
+        f"saving checkpoint {partial} failed{where}: {err.strerror or err}; {needs}, "
+        f"{free / 2 ** 20:.1f} MiB are free there. The previous checkpoint: {kept}; free space "
+        "and run the same command again to resume from it")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -85,12 +112,18 @@ def save_checkpoint(engine: Any, directory: str | Path, step: int, client_state:
     """Collective: all ranks call it. Returns the tag written."""
     directory = Path(directory)
     tag = f"step{step:08d}"
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False,
-                           exclude_frozen_parameters=True)
+    try:
+        engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
+                               save_latest=False, exclude_frozen_parameters=True)
+    except OSError as err:
+        raise save_failure(directory, tag, err) from err
     if dist.is_initialized():
         dist.barrier()
     if engine.global_rank == 0:
-        write_manifest(directory / tag, step)
+        try:
+            write_manifest(directory / tag, step)
+        except OSError as err:
+            raise save_failure(directory, tag, err) from err
         tmp = directory / f".{LATEST}.tmp"
         tmp.write_text(tag)
         os.replace(tmp, directory / LATEST)

@@ -360,6 +360,30 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_older_one(root, ds_config
     assert "Traceback" not in third.output
 
 
+def test_a_full_disk_keeps_the_previous_checkpoint_and_the_next_run_resumes(
+        root, ds_config, uninterrupted):
+    """ENOSPC in the middle of the step-4 save: the run exits 3 naming the file, the sizes and
+    the intact step-2 checkpoint; the partial directory is gone, `latest` still points at step 2;
+    the same command then resumes there and ends as the uninterrupted run."""
+    out = root / "full_disk"
+    args = [*train_args(ds_config(0, 2), TINY_DROPOUT, out), "--save_every", "2",
+            "--max_steps", "6"]
+    worker = [str(HERE / "enospc_worker.py"), *args[1:]]
+    env = dict(single_process_env(), ADAMIX_TEST_ENOSPC_AT="step00000004")
+    failed = run_child("full disk at step 4", single_cmd(worker), out, env)
+    assert failed.rc == 3, failed.describe()
+    assert "saving checkpoint" in failed.output and "No space left on device" in failed.output
+    assert "a checkpoint takes" in failed.output and "MiB are free there" in failed.output
+    assert "Traceback" not in failed.output
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step00000002"
+    assert not (checkpoints / "step00000004").exists()
+    resumed = run_ok("after the full disk", single_cmd(args), out, single_process_env())
+    assert_run_outputs(resumed, 6)
+    assert_rows_close(log_rows(out), log_rows(uninterrupted.out_dir)[:6], EXACT_RTOL,
+                      "resumed after a full disk vs uninterrupted")
+
+
 # --------------------------------------------------------------------------------------------
 # 5. preemption: a signal -> checkpoint at a step boundary on every rank, exit 0, exact resume
 # --------------------------------------------------------------------------------------------
