@@ -79,3 +79,14 @@ def test_no_intact_checkpoint_is_one_clear_error_and_no_checkpoint_is_none(tmp_p
     message = str(err.value)
     assert f"no intact checkpoint in {tmp_path}" in message
     assert "step00000004" in message and "step00000002" in message and "--no_resume" in message
+
+
+def test_an_interrupted_first_save_means_a_fresh_start(tmp_path):
+    """Killed inside the very first save: a step directory without a manifest and no `latest`
+    is no checkpoint at all, not a damaged one."""
+    (tmp_path / "step00000002").mkdir()
+    (tmp_path / "step00000002" / "mp_rank_00_model_states.pt").write_bytes(b"PK")
+    assert choose_checkpoint(tmp_path) is None
+    # a finished save that `latest` does not point at yet (killed between the two) is used
+    _tag(tmp_path, 4)
+    assert choose_checkpoint(tmp_path) == "step00000004"

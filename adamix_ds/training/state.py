@@ -136,24 +136,28 @@ def save_checkpoint(engine: Any, directory: str | Path, step: int, client_state:
 
 
 def choose_checkpoint(directory: str | Path) -> str | None:
-    """The newest intact tag (``latest`` first, then older ``step*`` directories); None when
-    there is no checkpoint at all. Each skipped one is reported in one line on stderr."""
+    """The newest intact checkpoint's tag; None when no save ever finished.
+
+    A save is finished once its manifest exists (written after every rank's files, before
+    ``latest`` moves). A ``step*`` directory without one, newer than ``latest``, is a save that
+    was interrupted: ignored. A finished checkpoint whose files no longer match the manifest is
+    reported in one line on stderr and skipped for the next older one.
+    """
     directory = Path(directory)
     pointed = latest_tag(directory)
     tags = sorted((p.name for p in directory.glob("step*") if p.is_dir()), reverse=True)
-    if pointed is not None:
-        # newer directories than `latest` are saves that never finished
-        tags = [pointed] + [t for t in tags if t < pointed]
-    if not tags:
-        return None
     problems = []
     for tag in tags:
+        if not (directory / tag / MANIFEST).is_file() and (pointed is None or tag > pointed):
+            continue                                    # an interrupted save, never finished
         problem = checkpoint_problem(directory / tag)
         if problem is None:
             return tag
         problems.append(problem)
         print(f"adamix-ds: checkpoint {directory / tag} skipped: {problem}", file=sys.stderr,
               flush=True)
+    if not problems:
+        return None
     raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems)
                           + " (move the directory away or pass --no_resume to start over)")
 

@@ -119,6 +119,9 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
     if client is not None:
         router.load_state_dict(client["router"])
         position = client["position"]
+        if rank == 0:
+            print(f"adamix-ds: resuming from {checkpoints} at step {position['step']}",
+                  flush=True)
     step = position["step"]
     monitor = TrainMonitor(output_dir, total_steps, step, engine, enabled=rank == 0)
     flag = PreemptionFlag()
