@@ -37,6 +37,7 @@ class TrainSettings:
     save_every: int | None = None         # optimizer steps between resumable checkpoints
     keep_checkpoints: int = 2
     route_check_every: int = 100             # cross-rank route digest check (0 = never)
+    collective_timeout_s: float = 600.0      # a collective waits this long for a silent rank
     sample_after: int = 0                    # decode this many test inputs at the end (rank 0)
 
     def __post_init__(self) -> None:
@@ -54,6 +55,9 @@ class TrainSettings:
             raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps!r}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not self.collective_timeout_s > 0:
+            raise ConfigError(f"train.collective_timeout_s must be > 0, "
+                              f"got {self.collective_timeout_s!r}")
         if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("train: need lr > 0, warmup_steps >= 0, 0 <= label_smoothing < 1")
 

@@ -244,3 +244,8 @@ def test_switch_that_is_not_a_boolean_names_file_and_key(tmp_path, flag):
     """``gradient_checkpointing: "no"`` would be truthy; a switch must be a YAML boolean."""
     path, message = _load_error(tmp_path, f"train:\n  {flag}: 'no'\n")
     assert str(path) in message and f"train.{flag} must be true or false" in message, message
+
+
+def test_collective_timeout_must_be_positive(tmp_path):
+    path, message = _load_error(tmp_path, "train:\n  collective_timeout_s: 0\n")
+    assert str(path) in message and "train.collective_timeout_s must be > 0" in message

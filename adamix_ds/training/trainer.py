@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from .engine import (
     total_optimizer_steps,
     zero3_construction,
 )
+from .heartbeat import Heartbeat
 from .loop import StepStats, micro_batch_stream, train_step
 from .monitor import TrainMonitor
 from .sampler import ShardedBatchOrder
@@ -82,7 +84,8 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
     # Under mpirun DeepSpeed's MPI discovery sets MASTER_PORT to `distributed_port` (default
     # 29500, the launcher's default too), overwriting the environment's: pass the user's on.
     deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=True,
-                               distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
+                               distributed_port=int(os.environ.get("MASTER_PORT", 29500)),
+                               timeout=timedelta(seconds=preset.train.collective_timeout_s))
     world, rank = dist.get_world_size(), dist.get_rank()
     ds_config = read_ds_config(ds_config_path, world)
     if preset.train.fused_loss and zero_stage(ds_config) == 3:
@@ -135,6 +138,7 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
         return {"router": router.state_dict(), "position": dict(position, step=step),
                 "preset": preset.to_dict()}
 
+    heartbeat = Heartbeat()
     try:
         while step < total_steps:
             micro_batches = [{k: v.to(engine.device) for k, v in
@@ -163,7 +167,13 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
                 saved_step = step
             if status == "preempted":
                 break
+    except RuntimeError as err:  # gloo / NCCL report a lost peer as a RuntimeError
+        lost = heartbeat.lost_ranks() if world > 1 else []
+        if lost is None or lost:   # else every rank is alive: a bug, not a fault; re-raise
+            raise heartbeat.error(err, lost, train.collective_timeout_s) from err
+        raise
     finally:
+        heartbeat.stop()
         flag.restore()
     if status == "finished" and saved_step != step:
         _save(engine, checkpoints, step, state(), train.keep_checkpoints, output_dir, preset)

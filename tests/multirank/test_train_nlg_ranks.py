@@ -384,6 +384,40 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_the_next_run_resumes(
                       "resumed after a full disk vs uninterrupted")
 
 
+def test_a_killed_rank_stops_the_other_naming_it_and_a_rerun_resumes(root, ds_config):
+    """Two env:// ranks (no launcher to clean up after them): SIGKILL rank 1 mid-run. Rank 0
+    must not hang: it exits 4 within the stated bound, naming rank 1. The same command on two
+    ranks then resumes from the last checkpoint and finishes."""
+    preset = yaml.safe_load(TINY.read_text())
+    preset["train"].update(max_steps=40, save_every=2, collective_timeout_s=30)
+    path = root / "tiny_long.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    out = root / "dead_rank"
+    args = train_args(ds_config(2, 2), path, out)
+    ranks = Ranks("2 ranks, rank 1 killed", args, 2, out)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not any(r["step"] >= 4 for r in log_rows(out)):
+            assert ranks.running() and time.monotonic() < deadline, ranks.result().describe()
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        ranks.procs[1].send_signal(signal.SIGKILL)
+        ranks.procs[0].wait(timeout=60)   # bound: 30 s collective timeout + the heartbeat check
+        waited = time.monotonic() - killed_at
+    finally:
+        for proc in ranks.procs:
+            kill_tree(proc)
+            proc.wait()
+    result = ranks.result()
+    assert ranks.procs[0].returncode == 4, result.describe()
+    assert "rank 1 stopped" in result.output and "Collective timeout: 30 s" in result.output
+    print(f"rank 0 stopped {waited:.1f} s after rank 1 was killed")
+    resumed = run_ranks("2 ranks, rerun", args, 2, out)
+    assert resumed.rc == 0, resumed.describe()
+    assert "resuming from" in resumed.output
+    assert_run_outputs(resumed, 40)
+
+
 # --------------------------------------------------------------------------------------------
 # 5. preemption: a signal -> checkpoint at a step boundary on every rank, exit 0, exact resume
 # --------------------------------------------------------------------------------------------
