@@ -45,6 +45,7 @@ from .sampler import ShardedBatchOrder
 from .state import PreemptionFlag, load_checkpoint, save_checkpoint
 
 _EXPERT_INIT_STREAM = 0x1A17
+STATUS_FILE = "run_status.json"  # {"status": "finished" | "preempted", "step": N}, at exit
 
 
 @dataclass
@@ -182,6 +183,10 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
         print(f"loss curve: {curve}")
     if status == "finished" and rank == 0 and task.finish is not None:
         task.finish(output_dir)
+    if rank == 0:  # what a job script reads to decide whether to requeue itself
+        tmp = output_dir / f".{STATUS_FILE}.tmp"
+        tmp.write_text(json.dumps({"status": status, "step": step}) + "\n")
+        os.replace(tmp, output_dir / STATUS_FILE)
     return RunResult(status, step, logged, output_dir)
 
 
