@@ -59,6 +59,16 @@ def _logged(out: Path, step: int) -> Callable[[], bool]:
     return lambda: any(r["step"] >= step for r in log_rows(out))
 
 
+_seen: dict[Path, float] = {}
+
+
+def _training(log: Path) -> float | None:
+    """When this attempt's progress bar first appeared (training under way), else None."""
+    if log not in _seen and log.is_file() and "adamix:" in log.read_text(errors="replace"):
+        _seen[log] = time.monotonic()
+    return _seen.get(log)
+
+
 def _finished_step(out: Path) -> int:
     """The step of the newest checkpoint whose save finished (its manifest exists)."""
     done = [int(m.parent.name.removeprefix("step"))
@@ -75,16 +85,19 @@ def test_sigkill_at_many_instants_then_the_same_command_ends_as_the_uninterrupte
     out = tmp_path / "killed"
     args = [str(HERE / "slow_save_worker.py"),
             *train_args(config, TINY_DROPOUT, out)[1:], "--save_every", "2"]
-    started_at = {"t": 0.0}
-    delay = random.Random(20261206).uniform(2.0, 12.0)  # start-up, training or a save
+    started_at, current = {"t": 0.0}, {"log": tmp_path / "none"}
+    # a random instant once training runs (a kill during start-up could land while DeepSpeed
+    # JIT-loads its comm op and leave torch's build lock behind, which would stall later runs)
+    delay = random.Random(20261206).uniform(0.0, 1.5)
     plan: list[tuple[str, Callable[[], bool]]] = [
         ("inside the step-2 model-states write",
          _writing(out, "step00000002", "mp_rank_00_model_states.pt")),
         ("inside the step-4 model-states write",
          _writing(out, "step00000004", "mp_rank_00_model_states.pt")),
         ("just after step 5 was logged", _logged(out, 5)),
-        (f"{delay:.2f} s after the start",
-         lambda: time.monotonic() - started_at["t"] > delay),
+        (f"{delay:.2f} s into training",
+         lambda: _training(current["log"]) is not None
+         and time.monotonic() - _training(current["log"]) > delay),
         ("inside the step-8 model-states write",
          _writing(out, "step00000008", "mp_rank_00_model_states.pt")),
     ]
@@ -92,7 +105,7 @@ def test_sigkill_at_many_instants_then_the_same_command_ends_as_the_uninterrupte
     kills, resumed_from, expected_from = [], [], []
     for attempt in range(len(plan) + 1):
         expected_from.append(_finished_step(out))
-        log = new_log(out)
+        log = current["log"] = new_log(out)
         with open(log, "w") as handle:
             proc = subprocess.Popen(single_cmd(args), cwd=REPO_ROOT, env=env, stdout=handle,
                                     stderr=subprocess.STDOUT, start_new_session=True)
