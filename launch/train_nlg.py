@@ -16,8 +16,7 @@ from adamix_ds.config import ConfigError
 from adamix_ds.kernels import KERNEL_MODES, set_kernel_mode
 from adamix_ds.preset import Preset, add_override_flags, preset_with_overrides
 from adamix_ds.training.ds_config import DSConfigError
-from adamix_ds.training.heartbeat import LostRankError
-from adamix_ds.training.state import CheckpointSaveError
+from adamix_ds.training.exit_codes import RESUMABLE_FAULTS, fault_exit_code
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str),
@@ -72,12 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DSConfigError, FileNotFoundError, ValueError) as err:
         print(f"train_nlg: error: {err}", file=sys.stderr)
         return 2
-    except CheckpointSaveError as err:  # e.g. a full disk: the last checkpoint is intact
+    except tuple(RESUMABLE_FAULTS) as err:  # a full disk, a lost rank: the same command resumes
         print(f"train_nlg: error: {err}", file=sys.stderr)
-        return 3
-    except LostRankError as err:  # another rank died or hung: resume with the same command
-        print(f"train_nlg: error: {err}", file=sys.stderr)
-        return 4
+        return fault_exit_code(err)
     print(f"train_nlg: {result.status} at step {result.step}; outputs in {result.output_dir}")
     return 0
 

@@ -30,8 +30,7 @@ from adamix_ds.evaluation.report import atomic_write_text
 from adamix_ds.kernels import KERNEL_MODES, set_kernel_mode
 from adamix_ds.preset import Preset, add_override_flags, preset_with_overrides
 from adamix_ds.training.ds_config import DSConfigError
-from adamix_ds.training.heartbeat import LostRankError
-from adamix_ds.training.state import CheckpointSaveError
+from adamix_ds.training.exit_codes import RESUMABLE_FAULTS, fault_exit_code
 
 OVERRIDES = {  # flag -> (section or None, key, type)
     "backbone": (None, "backbone", str), "init": (None, "init", str),
@@ -158,12 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except ERRORS as err:
         print(f"train_nlu: error: {err}", file=sys.stderr)
         return 2
-    except CheckpointSaveError as err:  # e.g. a full disk: the last checkpoint is intact
+    except tuple(RESUMABLE_FAULTS) as err:  # a full disk, a lost rank: the same command resumes
         print(f"train_nlu: error: {err}", file=sys.stderr)
-        return 3
-    except LostRankError as err:  # another rank died or hung: resume with the same command
-        print(f"train_nlu: error: {err}", file=sys.stderr)
-        return 4
+        return fault_exit_code(err)
 
 
 if __name__ == "__main__":

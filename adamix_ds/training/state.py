@@ -15,7 +15,6 @@ DeepSpeed's checkpoint files are pickles (``torch.load``): they are trusted inpu
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+
+from ..checkpoint import file_sha256
 
 LATEST = "latest"  # DeepSpeed's own pointer file name, so engine.load_checkpoint(dir) works too
 MANIFEST = "manifest.json"
@@ -61,17 +62,9 @@ def save_failure(directory: Path, tag: str, err: OSError) -> CheckpointSaveError
         "and run the same command again to resume from it")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(tag_dir: Path, step: int) -> None:
     """Record every file of a finished checkpoint (size, sha256), atomically and durably."""
-    files = {str(f.relative_to(tag_dir)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+    files = {str(f.relative_to(tag_dir)): {"size": f.stat().st_size, "sha256": file_sha256(f)}
              for f in sorted(tag_dir.rglob("*")) if f.is_file() and f.name != MANIFEST}
     tmp = tag_dir / f".{MANIFEST}.tmp"
     with open(tmp, "w") as handle:
@@ -97,7 +90,7 @@ def checkpoint_problem(tag_dir: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["size"]:
             return f"{path} has {size} bytes, the manifest says {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{path} does not match its sha256 in the manifest"
     return None
 
