@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .inject import adaptation_parameters
-
 ZERO_STAGES = (0, 1, 2, 3)
 # bytes per trainable parameter kept beside the 16-bit weight: fp32 master, fp32 grad, Adam m, v
 _FP32_STATES_MIXED = 4 + 4 + 8
@@ -95,9 +93,7 @@ def largest_module_params(model: nn.Module) -> int:
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(frozen, trainable) parameters of an injected model; tied weights counted once."""
-    unique = {id(p): p for p in model.parameters()}
-    trainable_ids = {id(p) for p in adaptation_parameters(model).values()}
-    trainable_ids |= {i for i, p in unique.items() if p.requires_grad}
-    trainable = sum(p.numel() for i, p in unique.items() if i in trainable_ids)
-    return sum(p.numel() for p in unique.values()) - trainable, trainable
+    unique = list(model.parameters())  # parameters() yields a tied tensor once
+    trainable = sum(p.numel() for p in unique if p.requires_grad)  # inject froze the rest
+    return sum(p.numel() for p in unique) - trainable, trainable
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from ..checkpoint import save_adaptation
 from ..checkpointing import enable_activation_checkpointing
+from ..evaluation.report import atomic_write_text
 from ..inject import inject_adamix
 from ..preset import Preset
 from ..routing import counter_hash
@@ -184,9 +185,8 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
     if status == "finished" and rank == 0 and task.finish is not None:
         task.finish(output_dir)
     if rank == 0:  # what a job script reads to decide whether to requeue itself
-        tmp = output_dir / f".{STATUS_FILE}.tmp"
-        tmp.write_text(json.dumps({"status": status, "step": step}) + "\n")
-        os.replace(tmp, output_dir / STATUS_FILE)
+        atomic_write_text(output_dir / STATUS_FILE,
+                          json.dumps({"status": status, "step": step}) + "\n")
     return RunResult(status, step, logged, output_dir)
 
 
