@@ -1,10 +1,11 @@
-"""``sbatch launch/slurm/train_nlg.sbatch`` on a real Slurm: munged, slurmctld and slurmd started
-here (one node, two tasks), each job training two CPU ranks to the end.
+"""``sbatch launch/slurm/train_nlg.sbatch`` on a real Slurm started here
+(:mod:`tests.multirank.local_slurm`): two nodes, each slurmd in its own network namespace with
+its own address and hostname, one rank per node; or, where namespaces are not allowed, one node
+with two tasks. Each job trains two CPU ranks to the end.
 
 Needs Debian's ``slurm-wlm`` and ``munge`` and root (``.ci/run`` installs them; skipped
-otherwise). The cluster gets its own config, ports, state and munge socket in a temporary
-directory, and every daemon and job started is stopped at the end. Oracles: an uninterrupted
-job; a second job sent ``scancel --signal=USR1`` saves, requeues itself (the script's
+otherwise). Every daemon, job, namespace and bridge started is stopped at the end. Oracles: an
+uninterrupted job; a second job sent ``scancel --signal=USR1`` saves, requeues itself (the script's
 ``scontrol requeue``), resumes from its checkpoint and ends with the uninterrupted job's losses
 and adaptation.
 """
@@ -12,8 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -30,102 +30,48 @@ from tests.multirank.conftest import (
     assert_tensors_close,
     log_rows,
 )
+from tests.multirank.local_slurm import LocalSlurm, missing_requirement, namespaces_work
 
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")
 STEPS = 40
-
-
-def _missing() -> str | None:
-    absent = [d for d in DAEMONS if shutil.which(d) is None]
-    if absent:
-        return f"Slurm / munge not installed ({absent}); apt-get install slurm-wlm munge"
-    if os.geteuid() != 0:
-        return "starting slurmd / munged needs root"
-    return None
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if (why := _missing()) is not None:
+    """Two nodes in their own network namespaces where the machine allows it, else one node."""
+    if (why := missing_requirement()) is not None:
         pytest.skip(why)
-    root = tmp_path_factory.mktemp("slurm")
-    for sub in ("state", "spool", "log", "munge"):
-        (root / sub).mkdir()
-    host = socket.gethostname().split(".")[0]
-    sock = root / "munge" / "munge.sock"
-    conf = root / "slurm.conf"
-    conf.write_text("\n".join([
-        "ClusterName=adamixci", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root",
-        "AuthType=auth/munge", f"AuthInfo=socket={sock}",
-        f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
-        f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
-        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-        "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
-        "SchedulerType=sched/builtin", "MpiDefault=none", "ReturnToService=2", "JobRequeue=1",
-        f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-        f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
-        f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
-        f"PartitionName=ci Nodes={host} Default=YES MaxTime=INFINITE State=UP "
-        "OverSubscribe=YES", ""]))
-    env = dict(os.environ, SLURM_CONF=str(conf))
-    key = Path("/etc/munge/munge.key")
-    if not key.is_file():
-        subprocess.run(["mungekey", "--create", "--keyfile", str(key)], check=True)
-    procs = [subprocess.Popen(
-        ["munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
-         f"--pid-file={root / 'munge' / 'munged.pid'}", f"--log-file={root / 'log' / 'munged.log'}",
-         f"--seed-file={root / 'munge' / 'seed'}"], env=env)]
-    deadline = time.monotonic() + 20
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    procs += [subprocess.Popen(["slurmctld", "-D", "-i"], env=env),
-              subprocess.Popen(["slurmd", "-D"], env=env)]
+    nodes = 2 if namespaces_work(f"adxprobe{os.getpid() % 10000}") else 1
+    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"), nodes=nodes)
+    slurm.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
-                                   text=True).stdout.strip()
-            if state == "idle":
-                break
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-2000:] for p in (root / "log").iterdir())
-                pytest.fail(f"the Slurm node never became idle ({state!r})\n{logs}")
-            time.sleep(0.5)
-        yield root, env
+        yield slurm
     finally:
-        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        slurm.stop()
 
 
-def _submit(cluster, name: str, preset: Path, ds_config: Path) -> tuple[str, Path]:
-    root, env = cluster
-    out = root / name
-    job_env = {**child_env(), "SLURM_CONF": env["SLURM_CONF"], "PYTHON": sys.executable,
+def _submit(cluster: LocalSlurm, name: str, preset: Path, ds_config: Path) -> tuple[str, Path]:
+    """sbatch the training script for two ranks: one per node, or both on the one node."""
+    out = cluster.root / name
+    job_env = {**child_env(), "SLURM_CONF": cluster.env["SLURM_CONF"], "PYTHON": sys.executable,
                "MASTER_PORT": str(free_port())}
     job = subprocess.run(
-        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
+        ["sbatch", "--parsable", f"--nodes={cluster.nodes}",
+         f"--ntasks-per-node={2 // cluster.nodes}", "--gpus-per-node=0",
          "--cpus-per-task=1", "--time=20:00", "--open-mode=append",
-         f"--output={root / name}.%j.out",
+         f"--output={cluster.root / name}.%j.out",
          str(REPO_ROOT / "launch" / "slurm" / "train_nlg.sbatch"), str(ds_config), str(preset),
          str(out)], cwd=REPO_ROOT, env=job_env, capture_output=True, text=True, check=True)
     return job.stdout.strip().split(";")[0], out
 
 
-def _state(cluster, job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=cluster[1],
+def _state(cluster: LocalSlurm, job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=cluster.env,
                           capture_output=True, text=True).stdout.strip()
 
 
-def _wait_until_gone(cluster, job: str, timeout: float, on_pending=None) -> None:
+def _wait_until_gone(cluster: LocalSlurm, job: str, timeout: float, on_pending=None) -> None:
     deadline = time.monotonic() + timeout
     while (state := _state(cluster, job)) != "":
         if state == "PENDING" and on_pending is not None:
@@ -134,21 +80,20 @@ def _wait_until_gone(cluster, job: str, timeout: float, on_pending=None) -> None
         time.sleep(1)
 
 
-def _job_output(cluster, name: str) -> str:
+def _job_output(cluster: LocalSlurm, name: str) -> str:
     return "\n".join(p.read_text(errors="replace")
-                     for p in sorted(cluster[0].glob(f"{name}.*.out")))
+                     for p in sorted(cluster.root.glob(f"{name}.*.out")))
 
 
 @pytest.fixture(scope="module")
 def inputs(cluster):
-    root, _ = cluster
     preset = yaml.safe_load((REPO_ROOT / "tests/multirank/presets/tiny.yaml").read_text())
     preset["train"].update(max_steps=STEPS, route_check_every=0)
-    (root / "preset.yaml").write_text(yaml.safe_dump(preset))
+    (cluster.root / "preset.yaml").write_text(yaml.safe_dump(preset))
     config = json.loads((REPO_ROOT / "ds_configs" / "cpu_zero2.json").read_text())
     config["train_micro_batch_size_per_gpu"] = 2
-    (root / "zero2.json").write_text(json.dumps(config))
-    return root / "preset.yaml", root / "zero2.json"
+    (cluster.root / "zero2.json").write_text(json.dumps(config))
+    return cluster.root / "preset.yaml", cluster.root / "zero2.json"
 
 
 @pytest.fixture(scope="module")
@@ -156,28 +101,32 @@ def uninterrupted(cluster, inputs):
     job, out = _submit(cluster, "uninterrupted", *inputs)
     _wait_until_gone(cluster, job, 300)
     text = _job_output(cluster, "uninterrupted")
-    assert f"train_nlg: finished at step {STEPS}" in text, text[-3000:]
+    assert f"train_nlg: finished at step {STEPS}" in text, text[-3000:] + cluster.logs()
     return out
 
 
-def test_sbatch_trains_two_ranks_to_the_end(uninterrupted):
+def test_sbatch_trains_two_ranks_to_the_end(cluster, uninterrupted):
     assert [int(r["step"]) for r in log_rows(uninterrupted)] == list(range(1, STEPS + 1))
     assert json.loads((uninterrupted / "run_status.json").read_text())["status"] == "finished"
+    # the script says where each rank runs: rank r on the r-th node when there are two
+    placed = dict(re.findall(r"rank (\d) of 2 on (\S+)", _job_output(cluster, "uninterrupted")))
+    nodes = cluster.node_names()
+    assert placed == ({"0": nodes[0], "1": nodes[1]} if cluster.nodes == 2
+                      else {"0": nodes[0], "1": nodes[0]}), placed
 
 
 def test_usr1_saves_requeues_and_the_job_finishes_as_the_uninterrupted_one(
         cluster, inputs, uninterrupted):
-    root, env = cluster
     job, out = _submit(cluster, "preempted", *inputs)
     deadline = time.monotonic() + 300
     while len(log_rows(out)) < 4:          # training is under way: the handlers are installed
         assert time.monotonic() < deadline and _state(cluster, job), _job_output(cluster,
                                                                                  "preempted")
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True)
 
     def start_now() -> None:  # Slurm holds a requeued job ~2 min (BeginTime); skip the wait
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env,
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster.env,
                        capture_output=True)
 
     _wait_until_gone(cluster, job, 600, on_pending=start_now)
