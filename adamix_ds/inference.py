@@ -3,7 +3,7 @@
 The paper's ablations (its Table 6):
 
 * ``merged``: the experts averaged into one module (Eq. 3); the default and the served model;
-* ``fixed``: expert 0 on both sides;
+* ``fixed``: one expert served alone (expert 0 unless ``expert`` says which);
 * ``random``: one random route per call, drawn from the router's eval stream (``route_draw``
   picks the draw, so K draws give K random sub-networks of the mixture);
 * ``ensemble``: T randomly routed members whose probabilities are averaged.
@@ -41,11 +41,12 @@ def experts_missing(model: nn.Module, router: Router | None) -> str | None:
 
 @contextlib.contextmanager
 def inference_policy(model: nn.Module, router: Router | None, policy: str,
-                     ensemble_passes: int = 1, route_draw: int = 0) -> Iterator[int]:
+                     ensemble_passes: int = 1, route_draw: int = 0, expert: int = 0
+                     ) -> Iterator[int]:
     """Route ``model`` with one inference policy; yields the number of ensemble members T.
 
     Inside the block the model expects ``repeat_members(x, T)`` inputs (T = 1 except for
-    ``ensemble``).
+    ``ensemble``). ``expert``: which expert ``fixed`` serves.
 
     Raises:
         ValueError: an unknown policy, ``ensemble_passes`` without ``ensemble``, or a policy that
@@ -66,14 +67,14 @@ def inference_policy(model: nn.Module, router: Router | None, policy: str,
     if router is None:
         yield 1
         return
-    saved_draw = router.eval_draw
-    router.eval_draw = route_draw
+    saved_draw, saved_expert = router.eval_draw, router.fixed_expert
+    router.eval_draw, router.fixed_expert = route_draw, expert
     members = ensemble_passes if policy == "ensemble" else 1
     try:
         with router.use_inference(policy), router.use_passes(*range(members)):
             yield members
     finally:
-        router.eval_draw = saved_draw
+        router.eval_draw, router.fixed_expert = saved_draw, saved_expert
 
 
 def repeat_members(value: Any, members: int) -> Any:

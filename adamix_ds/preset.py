@@ -39,10 +39,12 @@ class TrainSettings:
     route_check_every: int = 100             # cross-rank route digest check (0 = never)
     collective_timeout_s: float = 600.0      # a collective waits this long for a silent rank
     sample_after: int = 0                    # decode this many test inputs at the end (rank 0)
+    eval_every: int | str | None = None      # NLU dev evaluation: "epoch" or every N steps
+    select_best: bool = False                # keep and report the best dev evaluation's weights
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
-        for flag in ("fused_loss", "gradient_checkpointing"):
+        for flag in ("fused_loss", "gradient_checkpointing", "select_best"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"train.{flag} must be true or false, "
                                   f"got {getattr(self, flag)!r}")
@@ -55,6 +57,14 @@ class TrainSettings:
             raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps!r}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.eval_every is not None and self.eval_every != "epoch" and not (
+                isinstance(self.eval_every, int) and not isinstance(self.eval_every, bool)
+                and self.eval_every >= 1):
+            raise ConfigError(f"train.eval_every must be 'epoch' or a number of optimizer steps "
+                              f">= 1, got {self.eval_every!r}")
+        if self.select_best and self.eval_every is None:
+            raise ConfigError("train.select_best needs train.eval_every ('epoch' or N steps): "
+                              "the best checkpoint is chosen among the dev evaluations")
         if not self.collective_timeout_s > 0:
             raise ConfigError(f"train.collective_timeout_s must be > 0, "
                               f"got {self.collective_timeout_s!r}")
@@ -76,8 +86,13 @@ class Preset:
     max_train_examples: int | None = None  # NLG: the first N; NLU: a fixed seeded subset
     lmbff_seed: int | None = None         # NLU: prompt-based few-shot on this LM-BFF split
     lmbff_k: int = 16                        # examples per class of the LM-BFF split
+    train_pooler: bool = True                # NLU (BERT): train the pooler with the classifier
     adamix: AdaMixConfig = field(default_factory=AdaMixConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_pooler, bool):
+            raise ConfigError(f"train_pooler must be true or false, got {self.train_pooler!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> Preset:

@@ -62,6 +62,7 @@ class Router:
             forward, ``(0, 1)`` for the paired consistency pass over ``cat(batch, batch)``.
         inference: eval policy: merged | fixed | random | ensemble.
         eval_draw: counter of the eval-time random stream (``random`` / ``ensemble``).
+        fixed_expert: the expert ``fixed`` serves on each routed side (a shared side has one).
     """
 
     def __init__(self, seed: int = 0, inference: str = "merged") -> None:
@@ -72,6 +73,7 @@ class Router:
         self.passes: tuple[int, ...] = (0,)
         self.inference = inference
         self.eval_draw = 0
+        self.fixed_expert = 0
         self._keys: list[tuple[str, int, int]] = []  # (name, num_down, num_up) per key
 
     # --- structure ---------------------------------------------------------------------------
@@ -91,6 +93,16 @@ class Router:
         words = (self.seed, stream, step, pass_id, key)
         return (draw_expert(num_down, *words, _SIDE_DOWN), draw_expert(num_up, *words, _SIDE_UP))
 
+    def fixed_pair(self, key: int) -> tuple[int, int]:
+        """(down, up) that ``fixed`` serves for ``key``: :attr:`fixed_expert` on a side with
+        several experts, the only one on a shared side."""
+        _, num_down, num_up = self._keys[key]
+        k = self.fixed_expert
+        if k >= max(num_down, num_up):
+            raise ValueError(f"fixed expert {k} does not exist: {self._keys[key][0]} has "
+                             f"{num_down} down / {num_up} up experts")
+        return (k if num_down > 1 else 0, k if num_up > 1 else 0)
+
     def route(self, key: int, training: bool) -> Route | None:
         """The route for one forward of projection ``key``; ``None`` = merged (Eq. 3) weights."""
         if training:
@@ -98,7 +110,7 @@ class Router:
         if self.inference == "merged":
             return None
         if self.inference == "fixed":
-            return tuple((0, 0) for _ in self.passes)
+            return tuple(self.fixed_pair(key) for _ in self.passes)
         # random / ensemble: a fresh eval stream, pass p = ensemble member p.
         return tuple(self.pair(key, self.eval_draw, p, stream=_EVAL_STREAM) for p in self.passes)
 

@@ -1,18 +1,28 @@
 #!/usr/bin/env python
 """GLUE on the pretrained MiniLM-L6 encoder: head-only, full FT, adapter, LoRA and AdaMix.
 
-Five rows per task (MRPC, SST-2 on a fixed 8,000-example training subset, RTE), three seeds
-each, scored on the full dev set after the last epoch (no checkpoint selection):
+Five rows per task by default (MRPC, SST-2 on a fixed 8,000-example training subset, RTE),
+three seeds each, scored on the full dev set:
 
-* ``head``: only the classification head trains (``bert.pooler.dense`` + ``classifier``);
+* ``head``: only the classification head trains (``bert.pooler.dense`` + ``classifier``, or the
+  classifier alone with ``--freeze_pooler``);
 * ``full``: every parameter trains;
 * ``adapter``: one Houlsby adapter after each FFN (AdaMix machinery, 1 expert, no consistency);
 * ``lora``: LoRA on Q,V, rank chosen so its merged parameter count ~= the adapter's;
-* ``adamix``: 4 adapter experts, shared up-projection, paired consistency (weight 1, stopgrad),
-  served merged (Eq. 3 average of the experts).
+* ``adamix``: ``--experts`` adapter experts, shared up-projection, ``--consistency`` pass
+  (paired: stop-gradient KL, weight ``--consistency_weight``), served merged (Eq. 3 average).
+  Each AdaMix run is also scored under every inference policy (merged, random, ensemble, and
+  each expert served alone).
 
-Each finished (task, method, seed) run is written at once to a JSON cache; a restart skips the
-runs already there with the same settings, so a many-hour CPU run can be resumed.
+``--variants`` replaces ``--methods`` with table rows that override settings per row, e.g.
+``"adapter;adamix;adamix:consistency=off;adamix:experts=1;adamix:epochs=40"``.
+``--select_best`` scores the dev set after every epoch and keeps the best epoch's weights (the
+AdaMix authors' GLUE protocol), reporting the last epoch's score beside it.
+
+Each finished (task, row, seed) run is written at once to a JSON cache, under the hash of every
+setting that decides it; a restart skips cached runs. A run in progress saves its state after
+every epoch under ``--work_dir`` and resumes from it (``--stop_after_s`` ends a session cleanly at
+an epoch boundary), so runs longer than one session finish over several.
 
     python benchmarks/nlu_minilm.py                          # full run, appends to RESULTS.md
     python benchmarks/nlu_minilm.py --report_only            # table from the cache
@@ -46,14 +56,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 from adamix_ds import AdaMixConfig, inject_adamix  # noqa: E402
 from adamix_ds.data import collate_nlu, encode_glue, read_glue  # noqa: E402
-from adamix_ds.evaluation.glue_metrics import glue_metrics  # noqa: E402
+from adamix_ds.evaluation.glue_metrics import glue_metrics, main_metric  # noqa: E402
+from adamix_ds.evaluation.selection import DevSelection  # noqa: E402
 from adamix_ds.tasks.nlu import nlu_forward, predict  # noqa: E402
-from nlu_minilm_report import ReportContext, Rows, format_report  # noqa: E402  (same folder)
+from nlu_minilm_report import (  # noqa: E402  (same folder)
+    ReportContext,
+    Rows,
+    Variant,
+    format_report,
+    parse_variants,
+)
 from run_cache import load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
 SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run
 HEAD_PATTERNS = (r"bert\.pooler\.dense\..*", r"classifier\..*")
+POLICIES = ("merged", "fixed", "random", "ensemble")
 METHODS = ("head", "full", "adapter", "lora", "adamix")
 TASKS = ("MRPC", "SST-2", "RTE")
 DEFAULT_LR = {"head": 1e-3, "full": 5e-5, "adapter": 1e-3, "lora": 1e-3, "adamix": 1e-3}
@@ -87,8 +105,13 @@ def model_dims() -> tuple[int, int]:
     return config.hidden_size, config.num_hidden_layers
 
 
-def is_head(name: str) -> bool:
-    return any(re.fullmatch(p, name) for p in HEAD_PATTERNS)
+def head_patterns(args: argparse.Namespace) -> tuple[str, ...]:
+    """The head's parameter patterns: pooler + classifier, or the classifier alone."""
+    return HEAD_PATTERNS[1:] if args.freeze_pooler else HEAD_PATTERNS
+
+
+def is_head(name: str, args: argparse.Namespace) -> bool:
+    return any(re.fullmatch(p, name) for p in head_patterns(args))
 
 
 def adapter_serving_count(hidden: int, layers: int, bottleneck: int) -> int:
@@ -107,7 +130,7 @@ def auto_lora_rank(hidden: int, layers: int, bottleneck: int) -> int:
 
 
 def adamix_config(method: str, args: argparse.Namespace, seed: int) -> AdaMixConfig | None:
-    common = dict(routing_seed=seed, extra_trainable=HEAD_PATTERNS)
+    common = dict(routing_seed=seed, extra_trainable=head_patterns(args))
     if method == "adapter":
         return AdaMixConfig(method="adapter", num_experts=1, bottleneck=args.bottleneck,
                             activation="gelu", placement="ffn", share="up",
@@ -115,7 +138,8 @@ def adamix_config(method: str, args: argparse.Namespace, seed: int) -> AdaMixCon
     if method == "adamix":
         return AdaMixConfig(method="adapter", num_experts=args.experts, bottleneck=args.bottleneck,
                             activation="gelu", placement="ffn", share="up",
-                            consistency_weight=1.0, consistency_mode="stopgrad",
+                            consistency_weight=args.consistency_weight,
+                            consistency_mode="stopgrad",
                             # the cached table was measured with independently drawn experts
                             expert_init="independent", **common)
     if method == "lora":
@@ -130,12 +154,12 @@ def build(method: str, args: argparse.Namespace, seed: int):
     classifier's random init, so every method of one seed starts from the same head."""
     torch.manual_seed(seed)
     model = load_model()
-    head = sum(p.numel() for n, p in model.named_parameters() if is_head(n))
+    head = sum(p.numel() for n, p in model.named_parameters() if is_head(n, args))
     cfg = adamix_config(method, args, seed)
     router = None
     if method == "head":
         for name, p in model.named_parameters():
-            p.requires_grad_(is_head(name))
+            p.requires_grad_(is_head(name, args))
         serving = head
     elif method == "full":
         for p in model.parameters():
@@ -208,18 +232,84 @@ class TaskData:
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def loss_of(model, batch, router, cfg, method):
+def loss_of(model, batch, router, cfg, method, consistency: str):
     """AdaMix loss for the adapted rows, plain CE for head-only / full FT; (loss, consistency)."""
     if router is None:
         logits = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits
         return nn.functional.cross_entropy(logits.float(), batch["labels"]), None
-    out = nlu_forward(model, batch, router, cfg,
-                      consistency="paired" if method == "adamix" else "off")
-    return out.loss, (out.consistency if method == "adamix" else None)
+    schedule = consistency if method == "adamix" else "off"
+    out = nlu_forward(model, batch, router, cfg, consistency=schedule)
+    return out.loss, (out.consistency if schedule != "off" else None)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def score(model, router, batches, labels, task: str, policy: str = "merged", expert: int = 0,
+          ensemble_passes: int = 4) -> dict[str, float]:
+    preds = [int(p) for p in predict(model, router, batches, policy=policy, expert=expert,
+                                     ensemble_passes=ensemble_passes)]
+    return glue_metrics(task, preds, labels)
+
+
+def read_out(model, router, cfg, batches, labels, task: str, passes: int) -> dict[str, Any]:
+    """Every inference policy of an AdaMix model, and each expert served alone."""
+    policies = {p: score(model, router, batches, labels, task, p, ensemble_passes=passes)
+                for p in POLICIES}
+    experts = [score(model, router, batches, labels, task, "fixed", expert=k)
+               for k in range(cfg.num_experts)]
+    return {"policies": policies, "experts": experts}
+
+
+class RunState:
+    """Where a run is, saved after every epoch so that a later session resumes it exactly."""
+
+    def __init__(self, path: Path, metric: str) -> None:
+        self.path = path
+        self.epoch, self.step, self.seconds = 0, 0, 0.0
+        self.losses: list[float] = []          # mean training loss of each epoch
+        self.selection = DevSelection(metric)
+        self.best: dict[str, torch.Tensor] | None = None
+
+    def save(self, model, optimizer, schedule, router) -> None:
+        payload = {"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                   "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                   "router": router.state_dict() if router is not None else None,
+                   "epoch": self.epoch, "step": self.step, "seconds": self.seconds,
+                   "losses": self.losses, "selection": self.selection.state_dict(), "best": self.best}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)  # a kill leaves the previous epoch's state whole
+
+    def load(self, model, optimizer, schedule, router) -> bool:
+        """Resume from the saved state if there is one; True when it did."""
+        if not self.path.is_file():
+            return False
+        payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in payload["trainable"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+        torch.set_rng_state(payload["rng"])
+        if router is not None:
+            router.load_state_dict(payload["router"])
+        self.epoch, self.step, self.seconds = payload["epoch"], payload["step"], payload["seconds"]
+        self.losses = list(payload["losses"])
+        self.selection = DevSelection.from_state_dict(payload["selection"])
+        self.best = payload["best"]
+        return True
+
+
+class StopForNow(Exception):
+    """The session's time (--stop_after_s) ran out at an epoch boundary; the state is saved."""
 
 
 def run_one(task: TaskData, method: str, seed: int, args: argparse.Namespace,
-            device: torch.device) -> dict[str, Any]:
+            device: torch.device, state_path: Path, deadline: float | None) -> dict[str, Any]:
     tag = f"[{task.task} {method} seed {seed}]"
     model, router, cfg, serving, trained = build(method, args, seed)
     model.to(device).train()
@@ -233,17 +323,21 @@ def run_one(task: TaskData, method: str, seed: int, args: argparse.Namespace,
         optimizer,
         lambda s: s / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
     )
+    run = RunState(state_path, main_metric(task.task))
+    torch.manual_seed(seed)  # dropout stream, independent of what loading consumed
+    if run.load(model, optimizer, schedule, router):
+        log(f"{tag} resuming after epoch {run.epoch} from {state_path}")
     log(f"{tag} training: {len(task.train)} examples, {per_epoch} batches x {args.epochs} epochs, "
         f"lr {lr:g}, serving params {serving:,}, trained params {trained:,}")
-    torch.manual_seed(seed)  # dropout stream, independent of what loading consumed
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(args.epochs):
+    batches, labels = task.dev_batches(args.eval_batch_size)
+    consistency = args.consistency
+    while run.epoch < args.epochs:
+        epoch = run.epoch
         losses, cons = [], []
         t_epoch = time.perf_counter()
         for i, batch in enumerate(task.train_batches(args.batch_size, seed, epoch)):
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, consistency = loss_of(model, batch, router, cfg, method)
+            loss, kl = loss_of(model, batch, router, cfg, method, consistency)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
             optimizer.step()
@@ -251,33 +345,61 @@ def run_one(task: TaskData, method: str, seed: int, args: argparse.Namespace,
             optimizer.zero_grad(set_to_none=True)
             if router is not None:
                 router.advance()
-            step += 1
+            run.step += 1
             losses.append(loss.item())
-            if consistency is not None:
-                cons.append(consistency.item())
+            if kl is not None:
+                cons.append(kl.item())
             if args.log_every and (i + 1) % args.log_every == 0:
                 log(f"{tag} epoch {epoch + 1} step {i + 1}/{per_epoch} loss "
                     f"{statistics.fmean(losses[-args.log_every:]):.4f} "
-                    f"elapsed {time.perf_counter() - start:.0f}s")
+                    f"elapsed {run.seconds + time.perf_counter() - t_epoch:.0f}s")
         spent = time.perf_counter() - t_epoch
+        run.seconds += spent
+        run.epoch += 1
+        run.losses.append(statistics.fmean(losses))
         extra = f" consistency {statistics.fmean(cons):.4f}" if cons else ""
-        log(f"{tag} epoch {epoch + 1}/{args.epochs} done: loss {statistics.fmean(losses):.4f}"
-            f"{extra}, {spent / max(1, len(losses)):.2f} s/batch, "
-            f"elapsed {time.perf_counter() - start:.0f}s")
-    seconds = time.perf_counter() - start
+        log(f"{tag} epoch {run.epoch}/{args.epochs} done: loss {statistics.fmean(losses):.4f}"
+            f"{extra}, {spent / max(1, len(losses)):.2f} s/batch, train {run.seconds:.0f}s")
+        if args.select_best:   # dropout-free and RNG-free: the training stream is unchanged
+            model.eval()
+            metrics = score(model, router, batches, labels, task.task)
+            model.train()
+            if run.selection.record(run.step, run.epoch, metrics):
+                run.best = trainable_state(model)
+            log(f"{tag} dev after epoch {run.epoch}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        run.save(model, optimizer, schedule, router)
+        if deadline is not None and time.monotonic() > deadline and run.epoch < args.epochs:
+            raise StopForNow(f"{tag} stopped after epoch {run.epoch} (--stop_after_s); the same "
+                             f"command resumes it from {state_path}")
     model.eval()
     t_eval = time.perf_counter()
-    batches, labels = task.dev_batches(args.eval_batch_size)
-    preds = [int(p) for p in predict(model, router, batches, policy="merged")]
-    metrics = glue_metrics(task.task, preds, labels)
+    last = (run.selection.last["metrics"] if args.select_best
+            else score(model, router, batches, labels, task.task))
+    entry: dict[str, Any] = {}
+    if args.select_best and run.best is not None:
+        params_by_name = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in run.best.items():
+                params_by_name[name].copy_(value)
+        entry.update(best_epoch=run.selection.best["epoch"], last_metrics=last,
+                     dev_history=[h["metrics"] for h in run.selection.history])
+        metrics = run.selection.best["metrics"]
+    else:
+        metrics = last
+    if method == "adamix":
+        entry.update(read_out(model, router, cfg, batches, labels, task.task,
+                              args.ensemble_passes))
     eval_seconds = time.perf_counter() - t_eval
-    log(f"{tag} dev ({len(labels)} examples): "
+    log(f"{tag} dev ({len(labels)} examples{', best epoch' if 'best_epoch' in entry else ''}): "
         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        + f"; train {seconds:.0f}s, eval {eval_seconds:.0f}s")
-    return {"task": task.task, "method": method, "seed": seed, "metrics": metrics,
-            "train_seconds": seconds, "eval_seconds": eval_seconds, "steps": step,
-            "serving_params": serving, "trained_params": trained,
-            "train_examples": len(task.train), "dev_examples": len(labels)}
+        + f"; train {run.seconds:.0f}s, eval {eval_seconds:.0f}s")
+    entry.update({"task": task.task, "method": method, "seed": seed, "metrics": metrics,
+                  "train_seconds": run.seconds, "eval_seconds": eval_seconds, "steps": run.step,
+                  "epoch_losses": run.losses,
+                  "serving_params": serving, "trained_params": trained,
+                  "train_examples": len(task.train), "dev_examples": len(labels)})
+    return entry
 
 
 # --- settings, cache -----------------------------------------------------------------------------
@@ -294,8 +416,17 @@ def method_settings(method: str, args: argparse.Namespace, digest: str) -> dict[
         out["bottleneck"] = args.bottleneck
     if method == "adamix":
         out["experts"] = args.experts
+        # added only away from the defaults the first cached runs used, so those stay valid
+        if args.consistency != "paired":
+            out["consistency"] = args.consistency
+        if args.consistency_weight != 1.0:
+            out["consistency_weight"] = args.consistency_weight
     if method == "lora":
         out["lora_rank"] = args.lora_rank
+    if args.select_best:
+        out["select_best"] = True
+    if args.freeze_pooler:
+        out["freeze_pooler"] = True
     return out
 
 
@@ -318,14 +449,15 @@ def device_name(device: torch.device) -> str:
 
 
 def collect(cache: dict[str, Any], args: argparse.Namespace, digests: dict[str, str]) -> Rows:
-    """(task, method) -> list of cached runs with the current settings, for the requested seeds."""
+    """(task, variant) -> cached runs with the variant's settings, for the requested seeds."""
     rows: Rows = {}
     for task in args.tasks:
-        for method in args.methods:
-            h = settings_hash(method_settings(method, args, digests[task]))
-            rows[(task, method)] = [cache["runs"][k] for k in
-                                    (run_key(task, method, s, h) for s in args.seeds)
-                                    if k in cache["runs"]]
+        for variant in args.variants:
+            h = settings_hash(method_settings(variant.method, variant.settings(args),
+                                              digests[task]))
+            rows[(task, variant)] = [cache["runs"][k] for k in
+                                     (run_key(task, variant.method, s, h) for s in args.seeds)
+                                     if k in cache["runs"]]
     return rows
 
 
@@ -352,7 +484,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_dev", type=int, default=None,
                         help="first N dev examples only (smoke tests; the report says so)")
     parser.add_argument("--bottleneck", type=int, default=16)
-    parser.add_argument("--experts", type=int, default=4)
+    parser.add_argument("--experts", type=int, default=4, help="AdaMix experts")
+    parser.add_argument("--consistency", choices=("paired", "off"), default="paired",
+                        help="AdaMix: the paired consistency pass, or none")
+    parser.add_argument("--consistency_weight", type=float, default=1.0)
+    parser.add_argument("--select_best", action="store_true",
+                        help="score dev after every epoch; keep and report the best epoch")
+    parser.add_argument("--freeze_pooler", action="store_true",
+                        help="train the classifier but not BERT's pooler (as the authors)")
+    parser.add_argument("--ensemble_passes", type=int, default=4,
+                        help="members of the ensemble policy in the AdaMix read-out")
+    parser.add_argument("--variants", default=None,
+                        help="table rows instead of --methods: 'method[:setting=value,...]' "
+                             "separated by ';', settings: consistency, consistency_weight, "
+                             "experts, epochs")
     parser.add_argument("--lora_rank", type=int, default=0,
                         help="0 = the rank whose merged Q,V params are closest to the adapter's")
     parser.add_argument("--lr", default="",
@@ -371,6 +516,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", default=str(REPO / "benchmarks" / "nlu_minilm_runs.json"))
     parser.add_argument("--report_only", action="store_true",
                         help="write the table from the cache; train nothing")
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "nlu_minilm"),
+                        help="per-epoch state of the runs in progress (resumed from)")
+    parser.add_argument("--stop_after_s", type=float, default=None,
+                        help="stop at the first epoch end after this many seconds (resumable)")
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -381,6 +530,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for m in args.methods:
         if m not in METHODS:
             parser.error(f"--methods: {m!r} is not one of {METHODS}")
+    try:
+        args.variants = (parse_variants(args.variants) if args.variants is not None
+                         else [Variant(m) for m in args.methods])
+    except ValueError as err:
+        parser.error(f"--variants: {err}")
+    if not args.variants:
+        parser.error("--variants: no rows given")
+    args.methods = list(dict.fromkeys(v.method for v in args.variants))
     lr = dict(DEFAULT_LR)
     for item in filter(None, (s.strip() for s in args.lr.split(","))):
         name, _, value = item.partition("=")
@@ -405,28 +562,37 @@ def main(argv: list[str] | None = None) -> None:
         f"merged params; adapter b={args.bottleneck}: "
         f"{adapter_serving_count(*args.dims, args.bottleneck):,}")
     command = " ".join(sys.argv[1:] if argv is None else argv)
+    deadline = None if args.stop_after_s is None else time.monotonic() + args.stop_after_s
     if not args.report_only:
         tokenizer = None
         for task in args.tasks:
             data: TaskData | None = None
-            for method in args.methods:
-                h = settings_hash(method_settings(method, args, digests[task]))
+            for variant in args.variants:
+                vargs, method = variant.settings(args), variant.method
+                settings = method_settings(method, vargs, digests[task])
+                h = settings_hash(settings)
                 for seed in args.seeds:
                     key = run_key(task, method, seed, h)
                     if key in load_cache(cache_path)["runs"]:
-                        log(f"cache hit: {task} {method} seed {seed} (settings {h}), skipped")
+                        log(f"cache hit: {task} {variant.label(args)} seed {seed} "
+                            f"(settings {h}), skipped")
                         continue
                     if data is None:
                         if tokenizer is None:
                             from transformers import AutoTokenizer
                             tokenizer = AutoTokenizer.from_pretrained(model_path())
                         data = TaskData(task, args, tokenizer)
-                    entry = run_one(data, method, seed, args, device)
-                    entry.update(settings=method_settings(method, args, digests[task]),
-                                 settings_hash=h, device=device_name(device),
-                                 date=datetime.date.today().isoformat(),
-                                 command=command)
+                    state_path = Path(args.work_dir) / key.replace("/", "_")
+                    try:
+                        entry = run_one(data, method, seed, vargs, device,
+                                        state_path.with_suffix(".pt"), deadline)
+                    except StopForNow as stop:
+                        log(str(stop))
+                        return
+                    entry.update(settings=settings, settings_hash=h, device=device_name(device),
+                                 date=datetime.date.today().isoformat(), command=command)
                     save_run(cache_path, key, entry)
+                    state_path.with_suffix(".pt").unlink(missing_ok=True)
                     log(f"saved {key} to {cache_path}")
     text = write_report(args, load_cache(cache_path), digests, device, command)
     print(text, flush=True)

@@ -1,9 +1,11 @@
-"""The RESULTS.md section of ``benchmarks/nlu_minilm.py``: a table from cached runs, and a reading.
+"""The RESULTS.md section of ``benchmarks/nlu_minilm.py``: tables from cached runs, and a reading.
 
 Pure formatting: no torch, no model. ``nlu_minilm.py`` trains and caches the runs, picks those
 with the current settings (``collect``) and hands them here as ``rows``:
-``{(task, method): [run entry, ...]}``, where a run entry is the JSON object the cache holds
-(``metrics``, ``seed``, ``train_seconds``, ``serving_params``, ``date``, ``device``, ...).
+``{(task, variant): [run entry, ...]}``, where a :class:`Variant` is one table row (a method and
+the settings it overrides) and a run entry is the JSON object the cache holds (``metrics``,
+``seed``, ``train_seconds``, ``serving_params``, ``date``, ``device``; runs with dev selection
+add ``last_metrics`` and ``best_epoch``; AdaMix runs add ``policies`` and ``experts``).
 """
 from __future__ import annotations
 
@@ -14,21 +16,66 @@ from dataclasses import dataclass
 from typing import Any
 
 LABELS = {"head": "head only", "full": "full fine-tuning", "adapter": "adapter (1 expert)",
-          "lora": "LoRA (Q,V)", "adamix": "AdaMix (4 experts, merged)"}
-
-Rows = dict[tuple[str, str], list[dict[str, Any]]]
+          "lora": "LoRA (Q,V)", "adamix": "AdaMix"}
+#: settings a variant may override, with their parser (``nlu_minilm.py --variants``)
+OVERRIDABLE = {"consistency": str, "consistency_weight": float, "experts": int, "epochs": int}
 
 
 @dataclass(frozen=True)
-class ReportContext:
-    """What the table's header says besides the runs and the command-line settings."""
+class Variant:
+    """One table row: a method, with some run settings overridden (e.g. AdaMix, consistency off).
 
-    model: str            # package name and version of the encoder, e.g. "`gt-...` 1.0.0"
-    lora_params: int      # merged LoRA (Q,V) parameters at the run's rank
-    adapter_params: int   # one merged Houlsby adapter per FFN
-    torch_version: str
-    this_device: str      # named when no cached run says which device it ran on
-    command: str          # this invocation's arguments, as typed
+    overrides: sorted ``(setting, value)`` pairs, values already parsed.
+    """
+
+    method: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def settings(self, args: argparse.Namespace) -> argparse.Namespace:
+        """``args`` with this variant's overrides applied (a copy)."""
+        return argparse.Namespace(**{**vars(args), **dict(self.overrides)})
+
+    def label(self, args: argparse.Namespace) -> str:
+        """The row's name, from the effective settings."""
+        if self.method != "adamix":
+            base = LABELS[self.method]
+        else:
+            v = self.settings(args)
+            if v.experts == 1:
+                base = "adapter + paired consistency (AdaMix, 1 expert)"
+            else:
+                base = f"AdaMix ({v.experts} experts, merged)"
+            if v.consistency == "off":
+                base += ", consistency off"
+            elif v.consistency_weight != 1.0:
+                base += f", consistency weight {v.consistency_weight:g}"
+        epochs = dict(self.overrides).get("epochs")
+        return base + (f", {epochs} epochs" if epochs is not None else "")
+
+
+Rows = dict[tuple[str, Variant], list[dict[str, Any]]]
+
+
+def parse_variants(spec: str) -> list[Variant]:
+    """``"adapter;adamix;adamix:consistency=off,epochs=40"`` -> variants (ValueError names the
+    bad item)."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        method, _, rest = item.partition(":")
+        if method not in LABELS:
+            raise ValueError(f"variant {item!r}: method {method!r} is not one of {list(LABELS)}")
+        overrides = {}
+        for pair in filter(None, (p.strip() for p in rest.split(","))):
+            key, _, value = pair.partition("=")
+            if key not in OVERRIDABLE or not value:
+                raise ValueError(f"variant {item!r}: expected setting=value with setting in "
+                                 f"{list(OVERRIDABLE)}, got {pair!r}")
+            try:
+                overrides[key] = OVERRIDABLE[key](value)
+            except ValueError as err:
+                raise ValueError(f"variant {item!r}: {key}={value!r}: {err}") from err
+        out.append(Variant(method, tuple(sorted(overrides.items()))))
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -43,45 +90,52 @@ def fmt_pct(values: list[float]) -> str:
     return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} (n={len(values)})"
 
 
+def _verdict(d: float, noise: float, n: int) -> str:
+    if n < 2:
+        return "one seed, no spread"
+    if abs(d) <= noise:
+        return "within seed spread"
+    return "better" if d > 0 else "worse"
+
+
 def reading(rows: Rows, args: argparse.Namespace) -> list[str]:
-    """A data-driven reading of the table: where AdaMix wins, where it does not, at what cost."""
+    """A data-driven reading: each AdaMix row against every other method's row, and cost."""
     out = []
     for task in args.tasks:
-        acc = {m: [r["metrics"]["accuracy"] for r in rows[(task, m)]] for m in args.methods}
-        acc = {m: v for m, v in acc.items() if v}
-        if "adamix" not in acc or len(acc) < 2:
-            continue
-        means = {m: 100 * statistics.fmean(v) for m, v in acc.items()}
-        spread = {m: (100 * statistics.stdev(v) if len(v) > 1 else 0.0) for m, v in acc.items()}
-        best = max(means, key=means.get)
-        parts = []
-        for other in ("adapter", "lora", "full", "head"):
-            if other in means:
-                d = means["adamix"] - means[other]
-                noise = max(spread["adamix"], spread[other])
-                if min(len(acc["adamix"]), len(acc[other])) < 2:
-                    tag = "one seed, no spread"
-                elif abs(d) <= noise:
-                    tag = "within seed spread"
-                else:
-                    tag = "better" if d > 0 else "worse"
-                parts.append(f"{d:+.2f} pt vs {LABELS[other]} ({tag})")
-        if best == "adamix":
-            lead = f"AdaMix is the best row ({means['adamix']:.2f})"
-        elif means["adamix"] == means[best]:
-            lead = f"AdaMix ties for best with {LABELS[best]} ({means[best]:.2f})"
-        else:
-            lead = (f"AdaMix does not win: {LABELS[best]} is best ({means[best]:.2f} vs "
-                    f"{means['adamix']:.2f})")
-        out.append(f"{task}: {lead}; accuracy " + ", ".join(parts) + ".")
+        acc = {v: [r["metrics"]["accuracy"] for r in rows.get((task, v), [])]
+               for v in args.variants}
+        acc = {v: a for v, a in acc.items() if a}
+        means = {v: 100 * statistics.fmean(a) for v, a in acc.items()}
+        spread = {v: (100 * statistics.stdev(a) if len(a) > 1 else 0.0) for v, a in acc.items()}
+        others = [v for v in acc if v.method != "adamix"]
+        for ada in (v for v in acc if v.method == "adamix"):
+            if not others:
+                continue
+            best = max(means, key=means.get)
+            name = ada.label(args)
+            if best == ada:
+                lead = f"{name} is the best row ({means[ada]:.2f})"
+            elif means[ada] == means[best]:
+                lead = f"{name} ties for best with {best.label(args)} ({means[best]:.2f})"
+            else:
+                lead = (f"{name} does not win: {best.label(args)} is best ({means[best]:.2f} vs "
+                        f"{means[ada]:.2f})")
+            parts = []
+            for o in others:
+                d = means[ada] - means[o]
+                tag = _verdict(d, max(spread[ada], spread[o]), min(len(acc[ada]), len(acc[o])))
+                parts.append(f"{d:+.2f} pt vs {o.label(args)} ({tag})")
+            out.append(f"{task}: {lead}; accuracy " + ", ".join(parts) + ".")
     for task in args.tasks:
-        ada = [r["train_seconds"] for r in rows.get((task, "adamix"), [])]
-        single = [r["train_seconds"] for r in rows.get((task, "adapter"), [])]
-        if ada and single:
-            out.append(f"{task} training time: AdaMix {statistics.fmean(ada):.0f}s vs single "
-                       f"adapter {statistics.fmean(single):.0f}s per run "
-                       f"({statistics.fmean(ada) / statistics.fmean(single):.2f}x; AdaMix's paired "
-                       f"consistency pass forwards every batch twice).")
+        single = [r["train_seconds"] for v in args.variants if v == Variant("adapter")
+                  for r in rows.get((task, v), [])]
+        for ada in (v for v in args.variants if v.method == "adamix"):
+            times = [r["train_seconds"] for r in rows.get((task, ada), [])]
+            if times and single:
+                ratio = statistics.fmean(times) / statistics.fmean(single)
+                out.append(f"{task} training time: {ada.label(args)} "
+                           f"{statistics.fmean(times):.0f}s vs single adapter "
+                           f"{statistics.fmean(single):.0f}s per run ({ratio:.2f}x).")
     return out
 
 
@@ -91,8 +145,20 @@ def rows_examples(rows: Rows, task: str, field: str) -> str:
     return "/".join(f"{c:,}" for c in sorted(counts)) if counts else "?"
 
 
+@dataclass(frozen=True)
+class ReportContext:
+    """What the table's header says besides the runs and the command-line settings."""
+
+    model: str            # package name and version of the encoder, e.g. "`gt-...` 1.0.0"
+    lora_params: int      # merged LoRA (Q,V) parameters at the run's rank
+    adapter_params: int   # one merged Houlsby adapter per FFN
+    torch_version: str
+    this_device: str      # named when no cached run says which device it ran on
+    command: str          # this invocation's arguments, as typed
+
+
 def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> str:
-    """The Markdown section: heading, command, set-up paragraph, table, generated reading."""
+    """The Markdown section: heading, command, set-up paragraph, tables, generated reading."""
     runs = [r for v in rows.values() for r in v]
     dates = sorted({r["date"] for r in runs}) or [datetime.date.today().isoformat()]
     devices = sorted({r["device"] for r in runs}) or [ctx.this_device]
@@ -104,9 +170,10 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         caps.append(f"--max_train {args.max_train}")
     if args.max_dev is not None:
         caps.append(f"--max_dev {args.max_dev}")
+    methods = list(dict.fromkeys(v.method for v in args.variants))
     lines = [
-        f"### GLUE on pretrained MiniLM-L6: head / full FT / adapter / LoRA / AdaMix — {when}, "
-        f"{', '.join(devices)}",
+        f"### GLUE on pretrained MiniLM-L6: {' / '.join(LABELS[m] for m in methods)} — "
+        f"{when}, {', '.join(devices)}",
         "",
     ]
     lines.append(f"Command: `python benchmarks/nlu_minilm.py {ctx.command}`".rstrip())
@@ -114,6 +181,14 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
     if other:
         lines.append("Runs from the cache, trained by: "
                      + "; ".join(f"`python benchmarks/nlu_minilm.py {c}`".rstrip() for c in other))
+    head = ("`classifier` (pooler frozen, as the authors' run_glue)" if args.freeze_pooler
+            else "`bert.pooler.dense` + `classifier`")
+    selection = ("dev scored after every epoch (merged), the best epoch's weights kept (the "
+                 "authors' protocol); `last` = the last epoch's score"
+                 if args.select_best else "dev score after the last epoch, no checkpoint "
+                 "selection")
+    consistency = ("no consistency pass" if args.consistency == "off" else
+                   f"paired consistency, weight {args.consistency_weight:g}, stop-gradient KL")
     lines.append(
         f"Model: {ctx.model} (all-MiniLM-L6-v2: BERT, {layers} layers x "
         f"{hidden}; pooler from the checkpoint, classifier new), fp32, torch "
@@ -121,19 +196,19 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         + ", ".join(f"{t} (train {rows_examples(rows, t, 'train_examples')}, dev "
                     f"{rows_examples(rows, t, 'dev_examples')})" for t in args.tasks)
         + f"; SST-2 train = a fixed seeded {args.sst2_train:,}-example subset, same for every run. "
-        f"{args.epochs} epoch(s), batch {args.batch_size} (length-bucketed, dynamic padding), "
-        f"max_seq_len {args.max_seq_len}, AdamW (weight decay {args.weight_decay} on every "
-        f"trained tensor), linear warmup {args.warmup:.0%} then linear decay to 0, grad-norm clip "
-        f"{args.max_grad_norm}; learning rates (our choice for this small model, not tuned per "
-        f"task): " + ", ".join(f"{m} {args.lr[m]:g}" for m in args.methods)
+        f"{args.epochs} epoch(s) unless a row says otherwise, batch {args.batch_size} "
+        f"(length-bucketed, dynamic padding), max_seq_len {args.max_seq_len}, AdamW (weight "
+        f"decay {args.weight_decay} on every trained tensor), linear warmup {args.warmup:.0%} "
+        f"then linear decay to 0, grad-norm clip {args.max_grad_norm}; learning rates (our "
+        f"choice for this small model, not tuned per task): "
+        + ", ".join(f"{m} {args.lr[m]:g}" for m in methods)
         + f". Adapter: Houlsby bottleneck {args.bottleneck} after each FFN output, GELU; AdaMix: "
-        f"{args.experts} experts, shared up-projection, routing seed = run seed, paired "
-        f"consistency, weight 1.0, stop-gradient KL, served merged (Eq. 3); LoRA r="
-        f"{args.lora_rank}, alpha {2 * args.lora_rank}, dropout 0.1, on Q,V: "
+        f"{args.experts} experts unless a row says otherwise, shared up-projection, routing "
+        f"seed = run seed, {consistency} unless a row says otherwise, served merged (Eq. 3); "
+        f"LoRA r={args.lora_rank}, alpha {2 * args.lora_rank}, dropout 0.1, on Q,V: "
         f"{ctx.lora_params:,} merged params vs the adapter's {ctx.adapter_params:,}. Head = "
-        f"`bert.pooler.dense` + `classifier`, trained in every row. Seeds "
-        f"{','.join(map(str, args.seeds))} (model head init, data order, dropout, routing); dev "
-        f"score after the last epoch, no checkpoint selection.")
+        f"{head}, trained in every row. Seeds {','.join(map(str, args.seeds))} (model head "
+        f"init, data order, dropout, routing); {selection}.")
     if caps:
         lines.append(f"**Capped smoke run ({' '.join(caps)}): not the full sets; these numbers "
                      f"say nothing about the methods.**")
@@ -143,12 +218,14 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         "one adapter + head; full FT = all). Accuracy / F1 in %, mean ± std over seeds "
         "(sample std). Train s = mean training wall time per run (evaluation excluded).",
         "",
-        "| task | method | serving params | trained params | accuracy | F1 | seeds | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | row | serving params | trained params | accuracy | F1 | last-epoch accuracy "
+        "| best epoch | seeds | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task in args.tasks:
-        for method in args.methods:
-            lines.append(table_row(task, method, rows[(task, method)]))
+        for variant in args.variants:
+            lines.append(table_row(task, variant.label(args), rows.get((task, variant), [])))
+    lines += policy_table(rows, args)
     read = reading(rows, args)
     if read:
         lines += ["", "Reading (generated from the table; differences within the seed spread are "
@@ -157,14 +234,47 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
     return "\n".join(lines)
 
 
-def table_row(task: str, method: str, runs: list[dict[str, Any]]) -> str:
-    """One Markdown row: a method's runs on a task, or 'not run' when none is cached."""
+def table_row(task: str, label: str, runs: list[dict[str, Any]]) -> str:
+    """One Markdown row: a variant's runs on a task, or 'not run' when none is cached."""
     if not runs:
-        return f"| {task} | {LABELS[method]} | — | — | not run | — | 0 | — |"
+        return f"| {task} | {label} | — | — | not run | — | — | — | 0 | — |"
     acc = [r["metrics"]["accuracy"] for r in runs]
     f1 = fmt_pct([r["metrics"]["f1"] for r in runs]) if task == "MRPC" else "—"
+    last = fmt_pct([r.get("last_metrics", r["metrics"])["accuracy"] for r in runs])
+    best = [r["best_epoch"] for r in runs if "best_epoch" in r]
+    best_txt = ",".join(str(b) for b in best) if best else "—"
     seeds = ",".join(str(r["seed"]) for r in runs)
     seed_txt = seeds if len(runs) >= 3 else f"n={len(runs)} ({seeds})"
-    return (f"| {task} | {LABELS[method]} | {runs[0]['serving_params']:,} | "
-            f"{runs[0]['trained_params']:,} | {fmt_pct(acc)} | {f1} | {seed_txt} | "
-            f"{statistics.fmean(r['train_seconds'] for r in runs):.0f} |")
+    return (f"| {task} | {label} | {runs[0]['serving_params']:,} | "
+            f"{runs[0]['trained_params']:,} | {fmt_pct(acc)} | {f1} | {last} | {best_txt} | "
+            f"{seed_txt} | {statistics.fmean(r['train_seconds'] for r in runs):.0f} |")
+
+
+def policy_table(rows: Rows, args: argparse.Namespace) -> list[str]:
+    """Accuracy of every inference policy of the AdaMix rows (at the selected checkpoint):
+    merged, random route, ensemble, and each expert served alone (``fixed`` = expert 0)."""
+    entries = [(task, v, rs) for (task, v), rs in rows.items() if v.method == "adamix"
+               and v in args.variants and task in args.tasks
+               and rs and all("policies" in r for r in rs)]
+    if not entries:
+        return []
+    width = max(len(r["experts"]) for _, _, rs in entries for r in rs)
+    lines = ["", "Inference policies of the AdaMix rows (accuracy %, mean ± std over the same "
+             "seeds; single expert k = expert k's down-projection with the shared up-projection, "
+             "`fixed` is expert 0; merged − single = merged minus the mean of the single experts, "
+             "per seed, then mean ± std):", "",
+             "| task | row | merged | random route | ensemble | "
+             + " | ".join(f"expert {k}" for k in range(width)) + " | merged − single |",
+             "|---|---|---|---|---|" + "---|" * width + "---|"]
+    for task, variant, runs in entries:
+        cells = [fmt_pct([r["policies"][p]["accuracy"] for r in runs])
+                 for p in ("merged", "random", "ensemble")]
+        for k in range(width):
+            have = [r["experts"][k]["accuracy"] for r in runs if k < len(r["experts"])]
+            cells.append(fmt_pct(have))
+        gain = [r["policies"]["merged"]["accuracy"]
+                - statistics.fmean(e["accuracy"] for e in r["experts"]) for r in runs]
+        m, s = mean_std([100 * g for g in gain])
+        cells.append(f"{m:+.2f} ± {s:.2f}" if s is not None else f"{m:+.2f} (n=1)")
+        lines.append(f"| {task} | {variant.label(args)} | " + " | ".join(cells) + " |")
+    return lines

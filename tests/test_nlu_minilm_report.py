@@ -1,10 +1,22 @@
-"""The generated reading of the MiniLM GLUE table: its verdicts against hand-computed means and
-sample standard deviations, and the row format for missing and single-seed methods."""
+"""The tables and generated reading of the MiniLM GLUE benchmark: verdicts against hand-computed
+means and sample standard deviations, the row format for missing, single-seed and best-epoch
+runs, the per-policy read-out, and the parsing of table rows (variants)."""
 from __future__ import annotations
 
 import argparse
 
-from nlu_minilm_report import fmt_pct, reading, table_row
+import pytest
+from nlu_minilm_report import (
+    Variant,
+    fmt_pct,
+    parse_variants,
+    policy_table,
+    reading,
+    table_row,
+)
+
+ADAMIX, ADAPTER, LORA, FULL = (Variant("adamix"), Variant("adapter"), Variant("lora"),
+                               Variant("full"))
 
 
 def _runs(accuracies: list[float], seconds: float = 10.0) -> list[dict]:
@@ -12,8 +24,9 @@ def _runs(accuracies: list[float], seconds: float = 10.0) -> list[dict]:
              "serving_params": 1234, "trained_params": 5678} for i, a in enumerate(accuracies)]
 
 
-def _args(methods: list[str]) -> argparse.Namespace:
-    return argparse.Namespace(tasks=["MRPC"], methods=methods)
+def _args(variants: list[Variant]) -> argparse.Namespace:
+    return argparse.Namespace(tasks=["MRPC"], variants=variants, experts=4,
+                              consistency="paired", consistency_weight=1.0, epochs=3)
 
 
 def test_fmt_pct_sample_std():
@@ -26,30 +39,74 @@ def test_fmt_pct_sample_std():
 def test_reading_verdicts():
     # adamix mean 72, std 1 (71, 72, 73); adapter mean 75, std 1: -3 pt, beyond the spread.
     # lora mean 72.5, std 2.5 (70, 72.5, 75): +(-0.5), within the spread. full: one seed.
-    rows = {("MRPC", "adamix"): _runs([0.71, 0.72, 0.73], seconds=30.0),
-            ("MRPC", "adapter"): _runs([0.74, 0.75, 0.76], seconds=15.0),
-            ("MRPC", "lora"): _runs([0.70, 0.725, 0.75]),
-            ("MRPC", "full"): _runs([0.80])}
-    text = " ".join(reading(rows, _args(["full", "adapter", "lora", "adamix"])))
-    assert "AdaMix does not win: full fine-tuning is best (80.00 vs 72.00)" in text
+    rows = {("MRPC", ADAMIX): _runs([0.71, 0.72, 0.73], seconds=30.0),
+            ("MRPC", ADAPTER): _runs([0.74, 0.75, 0.76], seconds=15.0),
+            ("MRPC", LORA): _runs([0.70, 0.725, 0.75]),
+            ("MRPC", FULL): _runs([0.80])}
+    text = " ".join(reading(rows, _args([FULL, ADAPTER, LORA, ADAMIX])))
+    assert ("AdaMix (4 experts, merged) does not win: full fine-tuning is best (80.00 vs 72.00)"
+            in text)
     assert "-3.00 pt vs adapter (1 expert) (worse)" in text
     assert "-0.50 pt vs LoRA (Q,V) (within seed spread)" in text
     assert "-8.00 pt vs full fine-tuning (one seed, no spread)" in text
-    assert "AdaMix 30s vs single adapter 15s per run (2.00x" in text
+    assert "AdaMix (4 experts, merged) 30s vs single adapter 15s per run (2.00x)" in text
 
 
 def test_reading_adamix_best_and_no_adamix():
-    rows = {("MRPC", "adamix"): _runs([0.80, 0.82, 0.84]),
-            ("MRPC", "adapter"): _runs([0.70, 0.71, 0.72])}
-    text = " ".join(reading(rows, _args(["adapter", "adamix"])))
-    assert "AdaMix is the best row (82.00)" in text
+    rows = {("MRPC", ADAMIX): _runs([0.80, 0.82, 0.84]),
+            ("MRPC", ADAPTER): _runs([0.70, 0.71, 0.72])}
+    text = " ".join(reading(rows, _args([ADAPTER, ADAMIX])))
+    assert "AdaMix (4 experts, merged) is the best row (82.00)" in text
     assert "+11.00 pt vs adapter (1 expert) (better)" in text
-    assert reading({("MRPC", "adapter"): _runs([0.7])}, _args(["adapter"])) == []
+    assert reading({("MRPC", ADAPTER): _runs([0.7])}, _args([ADAPTER])) == []
 
 
 def test_table_row():
-    assert table_row("RTE", "head", []) == "| RTE | head only | — | — | not run | — | 0 | — |"
-    row = table_row("MRPC", "lora", _runs([0.70, 0.80]))
-    # two seeds: F1 shown for MRPC, seeds flagged as fewer than three; mean train time 10 s.
+    assert table_row("RTE", "head only", []) == (
+        "| RTE | head only | — | — | not run | — | — | — | 0 | — |")
+    row = table_row("MRPC", "LoRA (Q,V)", _runs([0.70, 0.80]))
+    # two seeds: F1 shown for MRPC, seeds flagged as fewer than three; mean train time 10 s;
+    # no selection: the last epoch's accuracy is the accuracy, no best epoch.
     assert row == ("| MRPC | LoRA (Q,V) | 1,234 | 5,678 | 75.00 ± 7.07 | 75.00 ± 7.07 | "
-                   "n=2 (0,1) | 10 |")
+                   "75.00 ± 7.07 | — | n=2 (0,1) | 10 |")
+    runs = _runs([0.80, 0.90, 0.85])
+    for run, last, best in zip(runs, [0.70, 0.80, 0.90], [4, 7, 2], strict=True):
+        run.update(last_metrics={"accuracy": last}, best_epoch=best)
+    # best-epoch accuracy 85 ± 5; last-epoch 80 ± 10 (sample std of 70, 80, 90)
+    assert table_row("SST-2", "x", runs) == (
+        "| SST-2 | x | 1,234 | 5,678 | 85.00 ± 5.00 | — | 80.00 ± 10.00 | 4,7,2 | 0,1,2 | 10 |")
+
+
+def test_policy_table_means_and_merged_minus_single():
+    runs = _runs([0.8, 0.7])
+    runs[0].update(policies={"merged": {"accuracy": 0.80}, "random": {"accuracy": 0.70},
+                             "ensemble": {"accuracy": 0.75}, "fixed": {"accuracy": 0.60}},
+                   experts=[{"accuracy": 0.60}, {"accuracy": 0.80}])
+    runs[1].update(policies={"merged": {"accuracy": 0.70}, "random": {"accuracy": 0.70},
+                             "ensemble": {"accuracy": 0.65}, "fixed": {"accuracy": 0.70}},
+                   experts=[{"accuracy": 0.70}, {"accuracy": 0.50}])
+    two = Variant("adamix", (("experts", 2),))
+    lines = policy_table({("MRPC", two): runs, ("MRPC", ADAPTER): _runs([0.7])},
+                         _args([ADAPTER, two]))
+    # merged 75 ± 7.07; random 70 ± 0; ensemble 70 ± 7.07; expert 0: 65 ± 7.07; expert 1:
+    # 65 ± 21.21; merged - mean(single): seed 0: 80 - 70 = +10, seed 1: 70 - 60 = +10 -> 10 ± 0
+    assert lines[-1] == ("| MRPC | AdaMix (2 experts, merged) | 75.00 ± 7.07 | 70.00 ± 0.00 | "
+                         "70.00 ± 7.07 | 65.00 ± 7.07 | 65.00 ± 21.21 | +10.00 ± 0.00 |")
+    assert "| expert 0 | expert 1 | merged − single |" in lines[3]
+    assert policy_table({("MRPC", ADAPTER): _runs([0.7])}, _args([ADAPTER])) == []
+
+
+def test_variants_parse_and_label():
+    variants = parse_variants("adapter; adamix ;adamix:consistency=off;"
+                              "adamix:experts=1;adamix:epochs=40,consistency_weight=2")
+    args = _args(variants)
+    assert [v.label(args) for v in variants] == [
+        "adapter (1 expert)", "AdaMix (4 experts, merged)",
+        "AdaMix (4 experts, merged), consistency off",
+        "adapter + paired consistency (AdaMix, 1 expert)",
+        "AdaMix (4 experts, merged), consistency weight 2, 40 epochs"]
+    assert variants[4].settings(args).epochs == 40 and args.epochs == 3
+    for bad, message in [("adamix:expert=2", "setting=value"), ("bert", "not one of"),
+                         ("adamix:experts=two", "experts='two'")]:
+        with pytest.raises(ValueError, match=message):
+            parse_variants(bad)

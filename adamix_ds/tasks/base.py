@@ -90,6 +90,10 @@ class TrainTask:
         the global batch.
     forward: the routed forward and loss of one micro-batch (:data:`ForwardFn`).
     finish: rank 0, after a finished run: (output_dir) -> None (samples, dev evaluation).
+    evaluate: (module in eval mode, router) -> dev metrics under the served (merged) policy,
+        for evaluations during training; every rank calls it on the whole dev split (dev sets
+        are small, and under ZeRO-3 every rank must join every forward).
+    selection_metric: the key of ``evaluate``'s metrics that best-checkpoint selection maximises.
     """
 
     model: nn.Module
@@ -98,3 +102,5 @@ class TrainTask:
     count_targets: Callable[[dict[str, torch.Tensor]], torch.Tensor | int]
     forward: ForwardFn
     finish: Callable[[Path], None] | None = None
+    evaluate: Callable[[nn.Module, Router], dict[str, float]] | None = None
+    selection_metric: str | None = None

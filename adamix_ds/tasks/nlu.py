@@ -141,20 +141,21 @@ def nlu_forward(model: Callable[..., Any], batch: dict[str, torch.Tensor], route
 @torch.no_grad()
 def predict(model: nn.Module, router: Router | None, batches: Iterable[dict[str, torch.Tensor]],
             policy: str = "merged", ensemble_passes: int = 4, route_draw: int = 0,
-            mask_token_id: int | None = None, word_ids: Sequence[int] | None = None
-            ) -> list[float]:
+            mask_token_id: int | None = None, word_ids: Sequence[int] | None = None,
+            expert: int = 0) -> list[float]:
     """Predictions of an eval-mode model under one inference policy.
 
     Classification: the argmax class (``ensemble``: of the mean of the members' softmax);
     regression: the prediction (``ensemble``: the members' mean). ``random`` serves one randomly
-    drawn route for the whole call (``route_draw`` picks the draw; K draws = K random models).
+    drawn route for the whole call (``route_draw`` picks the draw; K draws = K random models);
+    ``fixed`` serves expert ``expert`` alone.
     """
     if model.training:
         raise ValueError("predict needs model.eval()")
     out: list[float] = []
     device = next(model.parameters()).device
     with inference_policy(model, router, policy, ensemble_passes if policy == "ensemble" else 1,
-                          route_draw) as members:
+                          route_draw, expert) as members:
         for batch in batches:
             # segment t of the repeated batch is routed by ensemble member t
             inputs = {k: repeat_members(v.to(device), members) for k, v in batch.items()
@@ -168,10 +169,12 @@ def predict(model: nn.Module, router: Router | None, batches: Iterable[dict[str,
     return out
 
 
-# Parameters trained with the experts: the classification head (BERT: pooler + classifier;
-# RoBERTa: classifier.dense + classifier.out_proj). The LM head of a prompt run stays frozen.
+# Parameters trained with the experts: the classification head (BERT: pooler + classifier,
+# or the classifier alone with `train_pooler: false`; RoBERTa: classifier.dense +
+# classifier.out_proj). The LM head of a prompt run stays frozen.
 HEAD_PATTERNS = {"bert": (r"(?:.*\.)?pooler\.dense\..*", r"classifier\..*"),
                  "roberta": (r"classifier\..*",), "xlm-roberta": (r"classifier\..*",)}
+POOLER_PATTERN = HEAD_PATTERNS["bert"][0]
 SUBSET_SEED = 0  # max_train_examples draws the same subset for every run (methods, seeds)
 
 
@@ -226,7 +229,8 @@ def nlu_setup(preset: Preset) -> NluSetup:
 
 def with_head_trainable(preset: Preset) -> Preset:
     """The preset with the backbone's classification head added to ``extra_trainable`` (GLUE
-    runs), so the head trains and is saved in the adaptation checkpoint."""
+    runs), so the head trains and is saved in the adaptation checkpoint; BERT's pooler only with
+    ``train_pooler`` (else it stays as pretrained, as in the AdaMix authors' BERT code)."""
     if preset.lmbff_seed is not None:
         return preset
     model_type = load_config(preset.backbone, **preset.backbone_config).model_type
@@ -234,7 +238,9 @@ def with_head_trainable(preset: Preset) -> Preset:
         raise ValueError(f"{preset.backbone}: no classification-head pattern for model type "
                          f"{model_type!r} (known: {sorted(HEAD_PATTERNS)}); list the head's "
                          f"parameters in adamix.extra_trainable")
-    extra = tuple(dict.fromkeys(preset.adamix.extra_trainable + HEAD_PATTERNS[model_type]))
+    head = tuple(p for p in HEAD_PATTERNS[model_type]
+                 if preset.train_pooler or p != POOLER_PATTERN)
+    extra = tuple(dict.fromkeys(preset.adamix.extra_trainable + head))
     return replace(preset, adamix=replace(preset.adamix, extra_trainable=extra))
 
 
@@ -284,20 +290,34 @@ def write_eval(output_dir: Path, split: str, task: str, results: dict[str, dict[
     )
 
 
-def score_run(loaded: NluModel, policies: Sequence[str], output_dir: Path
+BEST_ADAPTATION = "best_adaptation"  # the adaptation export of the best dev evaluation
+
+
+def score_run(loaded: NluModel, policies: Sequence[str], output_dir: Path,
+              best_dir: Path | None = None, last: dict[str, dict[str, float]] | None = None
               ) -> tuple[dict[str, dict[str, float]], Path]:
-    """Score a rebuilt run on its eval split under ``policies``; write ``eval_<split>.json``."""
+    """Score a rebuilt run on its eval split under ``policies``; write ``eval_<split>.json``.
+
+    ``best_dir``: ``loaded`` is the best dev evaluation's export (its ``adaptation_config.json``
+    names the step and epoch); the file then reports it as the selected result, with ``last``
+    (the last step's policies) beside it.
+    """
     setup, preset = loaded.setup, loaded.preset
     features = setup.encode(setup.read(preset, setup.eval_split), preset.max_seq_len)
     results = evaluate_policies(loaded.model, loaded.router, setup, features, policies,
                                 preset.adamix.ensemble_passes)
-    path = write_eval(output_dir, setup.eval_split, setup.task, results,
-                      {"examples": len(features)})
+    extra: dict[str, Any] = {"examples": len(features), "selected": "last"}
+    if best_dir is not None:
+        _, meta = read_adaptation_config(best_dir)
+        extra.update(selected="best", best={k: meta.get(k) for k in ("step", "epoch")},
+                     last={"policies": last})
+    path = write_eval(output_dir, setup.eval_split, setup.task, results, extra)
     return results, path
 
 
 def nlu_task(preset: Preset) -> TrainTask:
-    """The TrainTask of an NLU preset (see module docstring)."""
+    """The TrainTask of an NLU preset (see module docstring). With ``train.eval_every`` it
+    scores the eval split under the merged policy during training (``TrainTask.evaluate``)."""
     train, cfg = preset.train, preset.adamix
     setup = nlu_setup(preset)
     features = setup.encode(training_examples(preset, setup), preset.max_seq_len)
@@ -309,15 +329,30 @@ def nlu_task(preset: Preset) -> TrainTask:
                            loss_scale=scale, mask_token_id=setup.mask_token_id,
                            word_ids=setup.word_ids)
 
+    evaluate = None
+    if train.eval_every is not None:
+        dev = setup.encode(setup.read(preset, setup.eval_split), preset.max_seq_len)
+
+        def evaluate(module: nn.Module, router: Router) -> dict[str, float]:
+            return evaluate_policies(module, router, setup, dev, ["merged"],
+                                     cfg.ensemble_passes)["merged"]
+
     def finish(output_dir: Path) -> None:
-        results, path = score_run(load_nlu_model(output_dir / "adaptation"), INFERENCE_MODES,
-                                  output_dir)
-        merged = results["merged"]
-        print(f"{setup.task} {setup.eval_split} (merged experts): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in merged.items()) + f"; all policies in {path}")
+        last, path = score_run(load_nlu_model(output_dir / "adaptation"), INFERENCE_MODES,
+                               output_dir)
+        print(f"{setup.task} {setup.eval_split} (merged experts, last step): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in last["merged"].items())
+              + f"; all policies in {path}")
+        best_dir = output_dir / BEST_ADAPTATION
+        if train.select_best and best_dir.is_dir():
+            best, _ = score_run(load_nlu_model(best_dir), INFERENCE_MODES, output_dir,
+                                best_dir=best_dir, last=last)
+            print(f"{setup.task} {setup.eval_split} (merged experts, best dev evaluation): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in best["merged"].items()))
 
     return TrainTask(model, features, setup.collate, lambda batch: int(batch["labels"].numel()),
-                     forward, finish)
+                     forward, finish, evaluate=evaluate,
+                     selection_metric=main_metric(setup.task) if evaluate else None)
 
 
 @dataclass

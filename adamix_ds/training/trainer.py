@@ -32,6 +32,7 @@ from ..routing import counter_hash
 from ..tasks.base import TrainTask
 from ..tasks.nlg import nlg_task
 from ..tasks.nlu import nlu_task
+from .dev_eval import DevEvaluator
 from .ds_config import read_ds_config, zero_stage
 from .engine import (
     build_engine,
@@ -120,10 +121,12 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
 
     checkpoints = output_dir / "checkpoints"
     position = {"epoch": 0, "batch": 0, "step": 0}
+    dev = DevEvaluator(task, preset, order.batches_per_epoch, accumulation, output_dir, rank)
     client = load_checkpoint(engine, checkpoints) if resume else None
     if client is not None:
         router.load_state_dict(client["router"])
         position = client["position"]
+        dev.load_state_dict(client.get("dev_selection"))
         if rank == 0:
             print(f"adamix-ds: resuming from {checkpoints} at step {position['step']}",
                   flush=True)
@@ -138,7 +141,7 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
 
     def state() -> dict[str, Any]:
         return {"router": router.state_dict(), "position": dict(position, step=step),
-                "preset": preset.to_dict()}
+                "preset": preset.to_dict(), "dev_selection": dev.state_dict()}
 
     heartbeat = Heartbeat()
     try:
@@ -159,6 +162,8 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
                 logged.append(values["loss"])
                 monitor.log(step, values)
                 window, tick = StepStats.zeros(engine.device), now
+            if dev.due(step, position, total_steps):
+                dev.run(engine, router, step, position)
             if train.route_check_every and step % train.route_check_every == 0:
                 router.check_consistency()
             if flag.agreed(engine.device):
