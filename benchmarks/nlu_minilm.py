@@ -277,7 +277,8 @@ class RunState:
                    "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
                    "router": router.state_dict() if router is not None else None,
                    "epoch": self.epoch, "step": self.step, "seconds": self.seconds,
-                   "losses": self.losses, "selection": self.selection.state_dict(), "best": self.best}
+                   "losses": self.losses, "selection": self.selection.state_dict(),
+                   "best": self.best}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save(payload, tmp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from nlu_minilm_report import (
     Variant,
     fmt_pct,

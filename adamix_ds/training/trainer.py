@@ -44,6 +44,7 @@ from .heartbeat import Heartbeat
 from .loop import StepStats, micro_batch_stream, train_step
 from .monitor import TrainMonitor
 from .sampler import ShardedBatchOrder
+from .shm_buffers import unlink_allreduce_buffer
 from .state import PreemptionFlag, load_checkpoint, save_checkpoint
 
 _EXPERT_INIT_STREAM = 0x1A17
@@ -90,6 +91,7 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)),
                                timeout=timedelta(seconds=preset.train.collective_timeout_s))
     world, rank = dist.get_world_size(), dist.get_rank()
+    unlink_allreduce_buffer(rank)  # CPU: else DeepSpeed leaves it in /dev/shm after the run
     ds_config = read_ds_config(ds_config_path, world)
     if preset.train.fused_loss and zero_stage(ds_config) == 3:
         # the fused loss reads the LM head's weight outside the module's forward, where ZeRO-3
