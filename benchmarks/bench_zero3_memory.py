@@ -94,7 +94,8 @@ def preset(args: argparse.Namespace) -> dict:
                    "targets": ["q", "v"], "share": "up", "consistency_weight": 100.0},
         "train": {"max_steps": args.steps, "lr": 2e-4, "warmup_steps": 0,
                   "consistency": "paired", "seed": 0, "log_every": 1, "route_check_every": 0,
-                  "sample_after": 0, "save_every": 0},
+                  "sample_after": 0, "save_every": 0,
+                  "gradient_checkpointing": args.checkpointing},
     }
 
 
@@ -134,6 +135,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         f"Command: `python benchmarks/bench_zero3_memory.py --backbone {args.backbone} "
         f"--ranks {args.ranks} --steps {args.steps} --seq {args.seq}"
         + (f" --zero3_options '{args.zero3_options}'" if args.zero3_options != "{}" else "")
+        + (" --checkpointing" if args.checkpointing else "")
         + f"`; {datetime.date.today()}, {platform.machine()} CPU, {os.cpu_count()} cores.",
         "",
         "| ZeRO stage | rank | RSS before the model (MiB) | peak when built | peak of the run "
@@ -165,6 +167,8 @@ def main() -> None:
     parser.add_argument("--stages", default="0,3")
     parser.add_argument("--zero3_options", default="{}",
                         help="JSON merged into the ZeRO-3 run's zero_optimization section")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="activation checkpointing in every stage's run")
     parser.add_argument("--port", type=int, default=29730)
     parser.add_argument("--reference", help="take the ZeRO-0 run from this earlier --json "
                                             "(same backbone, ranks, steps and seq)")
