@@ -384,24 +384,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_the_next_run_resumes(
                       "resumed after a full disk vs uninterrupted")
 
 
-def test_a_killed_rank_stops_the_other_naming_it_and_a_rerun_resumes(root, ds_config):
-    """Two env:// ranks (no launcher to clean up after them): SIGKILL rank 1 mid-run. Rank 0
-    must not hang: it exits 4 within the stated bound, naming rank 1. The same command on two
-    ranks then resumes from the last checkpoint and finishes."""
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_a_lost_rank_stops_the_other_naming_it_and_a_rerun_resumes(root, ds_config, fault):
+    """Two env:// ranks (no launcher to clean up after them): rank 1 is killed (SIGKILL) or hangs
+    (SIGSTOP: alive, silent) mid-run. Rank 0 must not hang: it exits 4 within the stated bound,
+    naming rank 1. The same command on two ranks then resumes from the last checkpoint and
+    finishes."""
     preset = yaml.safe_load(TINY.read_text())
     preset["train"].update(max_steps=40, save_every=2, collective_timeout_s=30)
     path = root / "tiny_long.yaml"
     path.write_text(yaml.safe_dump(preset))
-    out = root / "dead_rank"
+    out = root / f"lost_rank_{fault.name}"
     args = train_args(ds_config(2, 2), path, out)
-    ranks = Ranks("2 ranks, rank 1 killed", args, 2, out)
+    ranks = Ranks(f"2 ranks, rank 1 sent {fault.name}", args, 2, out)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
         while not any(r["step"] >= 4 for r in log_rows(out)):
             assert ranks.running() and time.monotonic() < deadline, ranks.result().describe()
             time.sleep(0.05)
         killed_at = time.monotonic()
-        ranks.procs[1].send_signal(signal.SIGKILL)
+        ranks.procs[1].send_signal(fault)
         ranks.procs[0].wait(timeout=60)   # bound: 30 s collective timeout + the heartbeat check
         waited = time.monotonic() - killed_at
     finally:
@@ -411,7 +413,7 @@ def test_a_killed_rank_stops_the_other_naming_it_and_a_rerun_resumes(root, ds_co
     result = ranks.result()
     assert ranks.procs[0].returncode == 4, result.describe()
     assert "rank 1 stopped" in result.output and "Collective timeout: 30 s" in result.output
-    print(f"rank 0 stopped {waited:.1f} s after rank 1 was killed")
+    print(f"rank 0 stopped {waited:.1f} s after rank 1 got {fault.name}")
     resumed = run_ranks("2 ranks, rerun", args, 2, out)
     assert resumed.rc == 0, resumed.describe()
     assert "resuming from" in resumed.output
