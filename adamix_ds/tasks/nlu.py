@@ -321,6 +321,18 @@ def score_run(loaded: NluModel, policies: Sequence[str], output_dir: Path,
     return results, path
 
 
+def dev_evaluator(preset: Preset, setup: NluSetup
+                  ) -> Callable[[nn.Module, Router], dict[str, float]]:
+    """(eval-mode module, router) -> metrics of the selection split under the merged policy."""
+    dev = setup.encode(setup.read(preset, setup.selection_split), preset.max_seq_len)
+
+    def evaluate(module: nn.Module, router: Router) -> dict[str, float]:
+        return evaluate_policies(module, router, setup, dev, ["merged"],
+                                 preset.adamix.ensemble_passes)["merged"]
+
+    return evaluate
+
+
 def nlu_task(preset: Preset) -> TrainTask:
     """The TrainTask of an NLU preset (see module docstring). With ``train.eval_every`` it
     scores the eval split under the merged policy during training (``TrainTask.evaluate``)."""
@@ -335,13 +347,7 @@ def nlu_task(preset: Preset) -> TrainTask:
                            loss_scale=scale, mask_token_id=setup.mask_token_id,
                            word_ids=setup.word_ids)
 
-    evaluate = None
-    if train.eval_every is not None:
-        dev = setup.encode(setup.read(preset, setup.selection_split), preset.max_seq_len)
-
-        def evaluate(module: nn.Module, router: Router) -> dict[str, float]:
-            return evaluate_policies(module, router, setup, dev, ["merged"],
-                                     cfg.ensemble_passes)["merged"]
+    evaluate = dev_evaluator(preset, setup) if train.eval_every is not None else None
 
     def finish(output_dir: Path) -> None:
         last, path = score_run(load_nlu_model(output_dir / "adaptation"), INFERENCE_MODES,

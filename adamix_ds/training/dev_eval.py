@@ -62,9 +62,9 @@ class DevEvaluator:
         if step == total_steps:
             return True
         if self.every == "epoch":
-            consumed = (position["epoch"] * self.batches_per_epoch + position["batch"])
-            return consumed // self.batches_per_epoch > (consumed - self.accumulation) // \
-                self.batches_per_epoch
+            consumed = position["epoch"] * self.batches_per_epoch + position["batch"]
+            before = consumed - self.accumulation
+            return consumed // self.batches_per_epoch > before // self.batches_per_epoch
         return step % int(self.every) == 0
 
     def run(self, engine: Any, router: Router, step: int, position: dict[str, int]) -> None:
