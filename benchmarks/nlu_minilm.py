@@ -246,6 +246,14 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def restore_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a :func:`trainable_state` back into the model's parameters."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
 def score(model, router, batches, labels, task: str, policy: str = "merged", expert: int = 0,
           ensemble_passes: int = 4) -> dict[str, float]:
     preds = [int(p) for p in predict(model, router, batches, policy=policy, expert=expert,
@@ -254,11 +262,13 @@ def score(model, router, batches, labels, task: str, policy: str = "merged", exp
 
 
 def read_out(model, router, cfg, batches, labels, task: str, passes: int) -> dict[str, Any]:
-    """Every inference policy of an AdaMix model, and each expert served alone."""
-    policies = {p: score(model, router, batches, labels, task, p, ensemble_passes=passes)
-                for p in POLICIES}
+    """Every inference policy of an AdaMix model, and each expert served alone (``fixed`` is
+    expert 0 served alone: scored once)."""
     experts = [score(model, router, batches, labels, task, "fixed", expert=k)
                for k in range(cfg.num_experts)]
+    policies = {p: (experts[0] if p == "fixed"
+                    else score(model, router, batches, labels, task, p, ensemble_passes=passes))
+                for p in POLICIES}
     return {"policies": policies, "experts": experts}
 
 
@@ -289,10 +299,7 @@ class RunState:
         if not self.path.is_file():
             return False
         payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in payload["trainable"].items():
-                params[name].copy_(value)
+        restore_trainable(model, payload["trainable"])
         optimizer.load_state_dict(payload["optimizer"])
         schedule.load_state_dict(payload["schedule"])
         torch.set_rng_state(payload["rng"])
@@ -379,10 +386,7 @@ def run_one(task: TaskData, method: str, seed: int, args: argparse.Namespace,
             else score(model, router, batches, labels, task.task))
     entry: dict[str, Any] = {}
     if args.select_best and run.best is not None:
-        params_by_name = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in run.best.items():
-                params_by_name[name].copy_(value)
+        restore_trainable(model, run.best)
         entry.update(best_epoch=run.selection.best["epoch"], last_metrics=last,
                      dev_history=[h["metrics"] for h in run.selection.history])
         metrics = run.selection.best["metrics"]

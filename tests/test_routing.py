@@ -329,6 +329,19 @@ def test_eval_merged_and_fixed(passes):
                 assert router.route(k, training=False) == tuple((0, 0) for _ in passes)
 
 
+def test_fixed_serves_the_chosen_expert_on_each_routed_side():
+    """``fixed_expert = k``: expert k on a side with several experts, expert 0 on a shared side;
+    an expert that no side has is an error naming the projection."""
+    router = make_router(seed=1, registrations=[("a", 4, 1), ("b", 1, 4), ("c", 4, 4)])
+    router.fixed_expert = 3
+    with router.use_inference("fixed"), router.use_passes(0, 1):
+        assert [router.route(k, training=False) for k in range(3)] == [
+            ((3, 0), (3, 0)), ((0, 3), (0, 3)), ((3, 3), (3, 3))]
+    router.fixed_expert = 4
+    with router.use_inference("fixed"), pytest.raises(ValueError, match="a has 4 down / 1 up"):
+        router.route(0, training=False)
+
+
 @pytest.mark.parametrize("mode", ["random", "ensemble"])
 def test_eval_random_routes_are_a_separate_stream(mode):
     """'random'/'ensemble' give deterministic in-range routes, one per pass, drawn from a stream

@@ -29,6 +29,10 @@ from torch import nn
 from ..losses import AdaMixLossOutput
 from ..routing import Router
 
+#: The adaptation export of the best dev evaluation, beside ``adaptation/`` in a run's output
+#: directory (written by the training loop under ``train.select_best``, scored by the task).
+BEST_ADAPTATION = "best_adaptation"
+
 #: Allowed pass schedules (``train.consistency`` in a preset).
 PASS_SCHEDULES: tuple[str, ...] = ("paired", "sequential", "off")
 

@@ -53,7 +53,7 @@ from ..inject import inject_adamix
 from ..losses import AdaMixLossOutput, consistency_kl, label_smoothed_cross_entropy
 from ..preset import Preset
 from ..routing import Router
-from .base import TrainTask, check_schedule, routed_passes
+from .base import BEST_ADAPTATION, TrainTask, check_schedule, routed_passes
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -294,9 +294,6 @@ def write_eval(output_dir: Path, split: str, task: str, results: dict[str, dict[
     return atomic_write_text(
         output_dir / f"eval_{split}.json", json.dumps(payload, indent=2) + "\n"
     )
-
-
-BEST_ADAPTATION = "best_adaptation"  # the adaptation export of the best dev evaluation
 
 
 def score_run(loaded: NluModel, policies: Sequence[str], output_dir: Path,

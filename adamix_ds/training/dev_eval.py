@@ -21,8 +21,7 @@ from ..evaluation.report import atomic_write_text
 from ..evaluation.selection import DevSelection
 from ..preset import Preset
 from ..routing import Router
-from ..tasks.base import TrainTask
-from ..tasks.nlu import BEST_ADAPTATION
+from ..tasks.base import BEST_ADAPTATION, TrainTask
 from .engine import gather_adaptation_state
 
 HISTORY_FILE = "dev_history.json"
