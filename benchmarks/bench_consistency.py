@@ -22,6 +22,7 @@ import torch
 from adamix_ds import AdaMixConfig, inject_adamix
 from adamix_ds.backbones import load_backbone
 from adamix_ds.tasks.nlg import adamix_forward
+from run_cache import append_results  # same folder
 
 VARIANTS = {  # name -> (experts, consistency)
     "adamix_paired": (8, "paired"),
@@ -118,14 +119,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    results = Path(args.results)
-    header = (
-        ""
-        if results.exists()
-        else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
-    )
-    with open(results, "a") as handle:
-        handle.write(header + text + "\n")
+    append_results(Path(args.results), text)
 
 
 if __name__ == "__main__":

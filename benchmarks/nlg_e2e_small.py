@@ -52,7 +52,7 @@ from adamix_ds.evaluation.pipeline import scored_texts, split_groups  # noqa: E4
 from adamix_ds.losses import adamix_loss  # noqa: E402
 from adamix_ds.tasks.nlg import adamix_forward  # noqa: E402
 from nlg_e2e_small_report import POLICIES, ReportContext, format_report  # noqa: E402
-from run_cache import load_cache, save_run, settings_hash  # noqa: E402
+from run_cache import append_results, load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1      # bump when a change alters results: old cache entries stop matching
 METHODS = ("lora", "adamix_lora", "adamix_lora_indep", "adapter", "adamix_adapter", "full")
@@ -353,9 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         text = text.replace("the whole E2E test set (630 MRs)",
                             f"the first {args.max_test} E2E test MRs (smoke run)")
     print(text, flush=True)
-    results = Path(args.results)
-    with open(results, "a") as handle:
-        handle.write(text + "\n")
+    append_results(Path(args.results), text)
 
 
 def _same_training(entry: dict[str, Any], info: dict[str, Any]) -> bool:

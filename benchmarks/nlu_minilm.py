@@ -66,7 +66,7 @@ from nlu_minilm_report import (  # noqa: E402  (same folder)
     format_report,
     parse_variants,
 )
-from run_cache import load_cache, save_run, settings_hash  # noqa: E402
+from run_cache import append_results, load_cache, save_run, settings_hash  # noqa: E402
 
 SCRIPT_VERSION = 1          # bump when a change alters results: old cache entries stop matching
 SUBSET_SEED = 0             # the SST-2 subset / --max_train cap is the same draw for every run
@@ -601,15 +601,7 @@ def main(argv: list[str] | None = None) -> None:
                     log(f"saved {key} to {cache_path}")
     text = write_report(args, load_cache(cache_path), digests, device, command)
     print(text, flush=True)
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    header = (
-        ""
-        if results.exists()
-        else "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
-    )
-    with open(results, "a") as handle:
-        handle.write(header + text + "\n")
+    append_results(Path(args.results), text)
 
 
 if __name__ == "__main__":

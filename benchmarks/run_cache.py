@@ -1,5 +1,7 @@
 """The resumable run cache shared by the benchmark scripts: one JSON file of finished runs.
 
+Also holds the one way a benchmark appends its table to the results file.
+
 Each run is stored under a key that ends in the hash of every setting that decides its result, so
 a changed setting never reuses an old number, and each entry is written atomically as soon as it
 exists, so an interrupted benchmark resumes where it stopped.
@@ -31,3 +33,14 @@ def save_run(path: Path, key: str, entry: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+RESULTS_HEADER = "# Benchmark results\n\nEvery figure: device, date, command.\n\n"
+
+
+def append_results(path: Path, text: str) -> None:
+    """Append ``text`` to the results file at ``path``, starting a new file with its header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "" if path.exists() else RESULTS_HEADER
+    with open(path, "a") as handle:
+        handle.write(header + text + "\n")
