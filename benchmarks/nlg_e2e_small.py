@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cache_path = Path(args.cache)
-    command = " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(sys.argv[1:] if argv is None else argv)  # pastes back into a shell
     if not args.report_only:
         run_all(args, cache_path, command)
     ctx = ReportContext(backbone=backbone_words(args),

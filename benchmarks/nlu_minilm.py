@@ -39,6 +39,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -566,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"LoRA r={args.lora_rank} on Q,V: {lora_serving_count(*args.dims, args.lora_rank):,} "
         f"merged params; adapter b={args.bottleneck}: "
         f"{adapter_serving_count(*args.dims, args.bottleneck):,}")
-    command = " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(sys.argv[1:] if argv is None else argv)  # pastes back into a shell
     deadline = None if args.stop_after_s is None else time.monotonic() + args.stop_after_s
     if not args.report_only:
         tokenizer = None
