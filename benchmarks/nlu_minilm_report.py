@@ -99,8 +99,10 @@ def _verdict(d: float, noise: float, n: int) -> str:
 
 
 def reading(rows: Rows, args: argparse.Namespace) -> list[str]:
-    """A data-driven reading: each AdaMix row against every other method's row, and cost."""
+    """A data-driven reading: the best row of each task, then each AdaMix row against every
+    non-AdaMix row and, for an ablation, against the default AdaMix row; then cost."""
     out = []
+    default = Variant("adamix")
     for task in args.tasks:
         acc = {v: [r["metrics"]["accuracy"] for r in rows.get((task, v), [])]
                for v in args.variants}
@@ -108,24 +110,20 @@ def reading(rows: Rows, args: argparse.Namespace) -> list[str]:
         means = {v: 100 * statistics.fmean(a) for v, a in acc.items()}
         spread = {v: (100 * statistics.stdev(a) if len(a) > 1 else 0.0) for v, a in acc.items()}
         others = [v for v in acc if v.method != "adamix"]
-        for ada in (v for v in acc if v.method == "adamix"):
-            if not others:
-                continue
-            best = max(means, key=means.get)
-            name = ada.label(args)
-            if best == ada:
-                lead = f"{name} is the best row ({means[ada]:.2f})"
-            elif means[ada] == means[best]:
-                lead = f"{name} ties for best with {best.label(args)} ({means[best]:.2f})"
-            else:
-                lead = (f"{name} does not win: {best.label(args)} is best ({means[best]:.2f} vs "
-                        f"{means[ada]:.2f})")
+        adamix = [v for v in acc if v.method == "adamix"]
+        if not others or not adamix:
+            continue
+        top = max(means.values())
+        best = [v.label(args) for v in acc if means[v] == top]
+        out.append(f"{task}: the best row is {' = '.join(best)} ({top:.2f}).")
+        for ada in adamix:
+            baselines = others + ([default] if ada != default and default in acc else [])
             parts = []
-            for o in others:
+            for o in baselines:
                 d = means[ada] - means[o]
                 tag = _verdict(d, max(spread[ada], spread[o]), min(len(acc[ada]), len(acc[o])))
                 parts.append(f"{d:+.2f} pt vs {o.label(args)} ({tag})")
-            out.append(f"{task}: {lead}; accuracy " + ", ".join(parts) + ".")
+            out.append(f"{task}: {ada.label(args)}: accuracy " + ", ".join(parts) + ".")
     for task in args.tasks:
         single = [r["train_seconds"] for v in args.variants if v == Variant("adapter")
                   for r in rows.get((task, v), [])]

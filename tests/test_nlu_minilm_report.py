@@ -45,8 +45,7 @@ def test_reading_verdicts():
             ("MRPC", LORA): _runs([0.70, 0.725, 0.75]),
             ("MRPC", FULL): _runs([0.80])}
     text = " ".join(reading(rows, _args([FULL, ADAPTER, LORA, ADAMIX])))
-    assert ("AdaMix (4 experts, merged) does not win: full fine-tuning is best (80.00 vs 72.00)"
-            in text)
+    assert "MRPC: the best row is full fine-tuning (80.00)." in text
     assert "-3.00 pt vs adapter (1 expert) (worse)" in text
     assert "-0.50 pt vs LoRA (Q,V) (within seed spread)" in text
     assert "-8.00 pt vs full fine-tuning (one seed, no spread)" in text
@@ -57,9 +56,29 @@ def test_reading_adamix_best_and_no_adamix():
     rows = {("MRPC", ADAMIX): _runs([0.80, 0.82, 0.84]),
             ("MRPC", ADAPTER): _runs([0.70, 0.71, 0.72])}
     text = " ".join(reading(rows, _args([ADAPTER, ADAMIX])))
-    assert "AdaMix (4 experts, merged) is the best row (82.00)" in text
+    assert "MRPC: the best row is AdaMix (4 experts, merged) (82.00)." in text
     assert "+11.00 pt vs adapter (1 expert) (better)" in text
     assert reading({("MRPC", ADAPTER): _runs([0.7])}, _args([ADAPTER])) == []
+
+
+def test_reading_compares_an_ablation_with_the_default_adamix_row():
+    # consistency off 80 +- 1 against AdaMix 78 +- 1: +2 pt, beyond the spread; against the
+    # adapter (77 +- 1): +3 pt. Ties for best are named together.
+    off = Variant("adamix", (("consistency", "off"),))
+    rows = {("MRPC", ADAPTER): _runs([0.76, 0.77, 0.78]),
+            ("MRPC", ADAMIX): _runs([0.77, 0.78, 0.79]),
+            ("MRPC", off): _runs([0.79, 0.80, 0.81])}
+    lines = reading(rows, _args([ADAPTER, ADAMIX, off]))
+    assert lines[0] == "MRPC: the best row is AdaMix (4 experts, merged), consistency off (80.00)."
+    assert lines[1] == ("MRPC: AdaMix (4 experts, merged): accuracy +1.00 pt vs adapter "
+                        "(1 expert) (within seed spread).")
+    assert lines[2] == ("MRPC: AdaMix (4 experts, merged), consistency off: accuracy +3.00 pt vs "
+                        "adapter (1 expert) (better), +2.00 pt vs AdaMix (4 experts, merged) "
+                        "(better).")
+    rows[("MRPC", ADAMIX)] = _runs([0.79, 0.80, 0.81])
+    assert reading(rows, _args([ADAPTER, ADAMIX, off]))[0] == (
+        "MRPC: the best row is AdaMix (4 experts, merged) = AdaMix (4 experts, merged), "
+        "consistency off (80.00).")
 
 
 def test_table_row():
