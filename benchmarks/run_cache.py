@@ -1,10 +1,9 @@
 """The resumable run cache shared by the benchmark scripts: one JSON file of finished runs.
 
-Also holds the one way a benchmark appends its table to the results file.
-
 Each run is stored under a key that ends in the hash of every setting that decides its result, so
 a changed setting never reuses an old number, and each entry is written atomically as soon as it
-exists, so an interrupted benchmark resumes where it stopped.
+exists, so an interrupted benchmark resumes where it stopped. Also here: the one way a benchmark
+appends its table to the results file.
 """
 from __future__ import annotations
 
