@@ -193,8 +193,9 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         f"{ctx.torch_version}. Data: GLUE "
         + ", ".join(f"{t} (train {rows_examples(rows, t, 'train_examples')}, dev "
                     f"{rows_examples(rows, t, 'dev_examples')})" for t in args.tasks)
-        + f"; SST-2 train = a fixed seeded {args.sst2_train:,}-example subset, same for every run. "
-        f"{args.epochs} epoch(s) unless a row says otherwise, batch {args.batch_size} "
+        + (f"; SST-2 train = a fixed seeded {args.sst2_train:,}-example subset, same for every "
+           "run" if "SST-2" in args.tasks else "")
+        + f". {args.epochs} epoch(s) unless a row says otherwise, batch {args.batch_size} "
         f"(length-bucketed, dynamic padding), max_seq_len {args.max_seq_len}, AdamW (weight "
         f"decay {args.weight_decay} on every trained tensor), linear warmup {args.warmup:.0%} "
         f"then linear decay to 0, grad-norm clip {args.max_grad_norm}; learning rates (our "
@@ -202,11 +203,12 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         + ", ".join(f"{m} {args.lr[m]:g}" for m in methods)
         + f". Adapter: Houlsby bottleneck {args.bottleneck} after each FFN output, GELU; AdaMix: "
         f"{args.experts} experts unless a row says otherwise, shared up-projection, routing "
-        f"seed = run seed, {consistency} unless a row says otherwise, served merged (Eq. 3); "
-        f"LoRA r={args.lora_rank}, alpha {2 * args.lora_rank}, dropout 0.1, on Q,V: "
-        f"{ctx.lora_params:,} merged params vs the adapter's {ctx.adapter_params:,}. Head = "
-        f"{head}, trained in every row. Seeds {','.join(map(str, args.seeds))} (model head "
-        f"init, data order, dropout, routing); {selection}.")
+        f"seed = run seed, {consistency} unless a row says otherwise, served merged (Eq. 3)"
+        + (f"; LoRA r={args.lora_rank}, alpha {2 * args.lora_rank}, dropout 0.1, on Q,V: "
+           f"{ctx.lora_params:,} merged params vs the adapter's {ctx.adapter_params:,}"
+           if "lora" in methods else "")
+        + f". Head = {head}, trained in every row. Seeds {','.join(map(str, args.seeds))} "
+        f"(model head init, data order, dropout, routing); {selection}.")
     if caps:
         lines.append(f"**Capped smoke run ({' '.join(caps)}): not the full sets; these numbers "
                      f"say nothing about the methods.**")

@@ -8,8 +8,10 @@ import argparse
 import pytest
 
 from nlu_minilm_report import (
+    ReportContext,
     Variant,
     fmt_pct,
+    format_report,
     parse_variants,
     policy_table,
     reading,
@@ -130,3 +132,26 @@ def test_variants_parse_and_label():
                          ("adamix:experts=two", "experts='two'")]:
         with pytest.raises(ValueError, match=message):
             parse_variants(bad)
+
+
+def _report_args(tasks: list[str], variants: list[Variant]) -> argparse.Namespace:
+    return argparse.Namespace(
+        tasks=tasks, variants=variants, experts=4, consistency="paired", consistency_weight=1.0,
+        epochs=3, dims=(384, 6), max_train=None, max_dev=None, freeze_pooler=True,
+        select_best=True, sst2_train=8000, batch_size=32, max_seq_len=128, weight_decay=0.01,
+        warmup=0.06, max_grad_norm=1.0, lr={"adapter": 1e-3, "adamix": 1e-3, "lora": 1e-3},
+        bottleneck=16, lora_rank=8, seeds=[0])
+
+
+@pytest.mark.parametrize("tasks, variants, sst2, lora", [
+    (["MRPC"], [ADAPTER, ADAMIX], False, False),
+    (["MRPC", "SST-2"], [ADAPTER, LORA], True, True),
+])
+def test_header_describes_only_the_tasks_and_methods_in_the_table(
+        tasks: list[str], variants: list[Variant], sst2: bool, lora: bool) -> None:
+    ctx = ReportContext(model="`m` 1.0", lora_params=73_728, adapter_params=76_128,
+                        torch_version="2.x", this_device="CPU", command="--report_only")
+    text = format_report({}, _report_args(tasks, variants), ctx)
+    assert ("SST-2 train = a fixed seeded 8,000-example subset" in text) == sst2
+    assert ("LoRA r=8, alpha 16" in text) == lora
+    assert "3 epoch(s) unless a row says otherwise" in text and ". . " not in text
