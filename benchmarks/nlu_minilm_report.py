@@ -5,7 +5,8 @@ with the current settings (``collect``) and hands them here as ``rows``:
 ``{(task, variant): [run entry, ...]}``, where a :class:`Variant` is one table row (a method and
 the settings it overrides) and a run entry is the JSON object the cache holds (``metrics``,
 ``seed``, ``train_seconds``, ``serving_params``, ``date``, ``device``; runs with dev selection
-add ``last_metrics`` and ``best_epoch``; AdaMix runs add ``policies`` and ``experts``).
+add ``last_metrics``, ``best_epoch`` and ``dev_history`` (one metrics dict per epoch); AdaMix
+runs add ``policies`` and ``experts``).
 """
 from __future__ import annotations
 
@@ -226,6 +227,7 @@ def format_report(rows: Rows, args: argparse.Namespace, ctx: ReportContext) -> s
         for variant in args.variants:
             lines.append(table_row(task, variant.label(args), rows.get((task, variant), [])))
     lines += policy_table(rows, args)
+    lines += curve_lines(rows, args)
     read = reading(rows, args)
     if read:
         lines += ["", "Reading (generated from the table; differences within the seed spread are "
@@ -277,3 +279,25 @@ def policy_table(rows: Rows, args: argparse.Namespace) -> list[str]:
         cells.append(f"{m:+.2f} ± {s:.2f}" if s is not None else f"{m:+.2f} (n=1)")
         lines.append(f"| {task} | {variant.label(args)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def curve_lines(rows: Rows, args: argparse.Namespace) -> list[str]:
+    """Mean dev accuracy over seeds after each epoch of the rows scored every epoch, so a slower
+    start (AdaMix's experts share the updates) shows beside the best epoch. Past 10 epochs, every
+    (E/10)-th epoch: the same ten points of the schedule for a 10- and a 40-epoch row."""
+    out = []
+    for task in args.tasks:
+        for variant in args.variants:
+            runs = rows.get((task, variant), [])
+            if not runs or not all("dev_history" in r for r in runs):
+                continue
+            n = min(len(r["dev_history"]) for r in runs)
+            epochs = range(1, n + 1) if n <= 10 else sorted({k * n // 10 for k in range(1, 11)})
+            means = [100 * statistics.fmean(r["dev_history"][e - 1]["accuracy"] for r in runs)
+                     for e in epochs]
+            points = [f"{e}: {m:.1f}" for e, m in zip(epochs, means, strict=True)]
+            out.append(f"- {task}, {variant.label(args)}: " + ", ".join(points))
+    if not out:
+        return []
+    return ["", "Dev accuracy (%) after each epoch, mean over the row's seeds (epoch: accuracy):",
+            "", *out]

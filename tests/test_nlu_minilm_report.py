@@ -1,6 +1,6 @@
 """The tables and generated reading of the MiniLM GLUE benchmark: verdicts against hand-computed
 means and sample standard deviations, the row format for missing, single-seed and best-epoch
-runs, the per-policy read-out, and the parsing of table rows (variants)."""
+runs, the per-policy read-out, the per-epoch dev curve, and the parsing of table rows (variants)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import pytest
 from nlu_minilm_report import (
     ReportContext,
     Variant,
+    curve_lines,
     fmt_pct,
     format_report,
     parse_variants,
@@ -155,3 +156,24 @@ def test_header_describes_only_the_tasks_and_methods_in_the_table(
     assert ("SST-2 train = a fixed seeded 8,000-example subset" in text) == sst2
     assert ("LoRA r=8, alpha 16" in text) == lora
     assert "3 epoch(s) unless a row says otherwise" in text and ". . " not in text
+
+
+def test_curve_lines_mean_over_seeds_and_ten_points_of_a_long_schedule() -> None:
+    def history(accuracies: list[float]) -> list[dict]:
+        return [{"accuracy": a} for a in accuracies]
+
+    short = _runs([0.8, 0.8])
+    short[0]["dev_history"] = history([0.60, 0.70, 0.80])
+    short[1]["dev_history"] = history([0.70, 0.70, 0.90])
+    long = _runs([0.9])
+    long[0]["dev_history"] = history([e / 100 for e in range(1, 41)])   # epoch e scores e %
+    forty = Variant("adamix", (("epochs", 40),))
+    rows = {("MRPC", ADAPTER): short, ("MRPC", forty): long, ("MRPC", LORA): _runs([0.7])}
+    lines = curve_lines(rows, _args([ADAPTER, LORA, forty]))
+    # 3 epochs: every epoch, (60+70)/2, (70+70)/2, (80+90)/2; 40 epochs: every 4th;
+    # LoRA has no per-epoch scores and is left out
+    assert lines[3:] == [
+        "- MRPC, adapter (1 expert): 1: 65.0, 2: 70.0, 3: 85.0",
+        "- MRPC, AdaMix (4 experts, merged), 40 epochs: "
+        + ", ".join(f"{e}: {e:.1f}" for e in range(4, 41, 4))]
+    assert curve_lines({("MRPC", LORA): _runs([0.7])}, _args([LORA])) == []
