@@ -136,12 +136,14 @@ def test_variants_parse_and_label():
 
 
 def _report_args(tasks: list[str], variants: list[Variant]) -> argparse.Namespace:
-    return argparse.Namespace(
-        tasks=tasks, variants=variants, experts=4, consistency="paired", consistency_weight=1.0,
-        epochs=3, dims=(384, 6), max_train=None, max_dev=None, freeze_pooler=True,
+    """``_args`` plus the settings the report's header names."""
+    args = _args(variants)
+    vars(args).update(
+        tasks=tasks, dims=(384, 6), max_train=None, max_dev=None, freeze_pooler=True,
         select_best=True, sst2_train=8000, batch_size=32, max_seq_len=128, weight_decay=0.01,
         warmup=0.06, max_grad_norm=1.0, lr={"adapter": 1e-3, "adamix": 1e-3, "lora": 1e-3},
         bottleneck=16, lora_rank=8, seeds=[0])
+    return args
 
 
 @pytest.mark.parametrize("tasks, variants, sst2, lora", [

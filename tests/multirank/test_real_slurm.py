@@ -125,15 +125,16 @@ def test_usr1_saves_requeues_and_the_job_finishes_as_the_uninterrupted_one(
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True)
 
-    first_pending: list[float] = []   # when the requeued job was first seen pending
+    first_pending: float | None = None   # when the requeued job was first seen pending
 
     def start_now() -> None:
         # Slurm holds a requeued job ~2 min (BeginTime); skip the rest of the wait. Not in the
         # kill's own second: slurmd refuses a launch whose credential is no newer, in whole
         # seconds, than the revocation of the killed instance ("credential revoked").
-        if not first_pending:
-            first_pending.append(time.monotonic())
-        if time.monotonic() - first_pending[0] >= 3:
+        nonlocal first_pending
+        if first_pending is None:
+            first_pending = time.monotonic()
+        if time.monotonic() - first_pending >= 3:
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"],
                            env=cluster.env, capture_output=True)
 
