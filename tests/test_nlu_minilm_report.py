@@ -42,17 +42,46 @@ def test_fmt_pct_sample_std():
 
 def test_reading_verdicts():
     # adamix mean 72, std 1 (71, 72, 73); adapter mean 75, std 1: -3 pt, beyond the spread.
-    # lora mean 72.5, std 2.5 (70, 72.5, 75): +(-0.5), within the spread. full: one seed.
+    # lora mean 72.5, std 2.5 (70, 72.5, 75): +(-0.5), within the spread. full: seed 0 only,
+    # so it is not ranked and AdaMix is compared on seed 0: 71 - 80 = -9.
     rows = {("MRPC", ADAMIX): _runs([0.71, 0.72, 0.73], seconds=30.0),
             ("MRPC", ADAPTER): _runs([0.74, 0.75, 0.76], seconds=15.0),
             ("MRPC", LORA): _runs([0.70, 0.725, 0.75]),
             ("MRPC", FULL): _runs([0.80])}
     text = " ".join(reading(rows, _args([FULL, ADAPTER, LORA, ADAMIX])))
-    assert "MRPC: the best row is full fine-tuning (80.00)." in text
+    assert ("MRPC: the best row is adapter (1 expert) (75.00); not ranked, fewer seeds: "
+            "full fine-tuning (n=1).") in text
     assert "-3.00 pt vs adapter (1 expert) (worse)" in text
     assert "-0.50 pt vs LoRA (Q,V) (within seed spread)" in text
-    assert "-8.00 pt vs full fine-tuning (one seed, no spread)" in text
+    assert "-9.00 pt vs full fine-tuning (one seed, no spread; on seed 0 only)" in text
     assert "AdaMix (4 experts, merged) 30s vs single adapter 15s per run (2.00x)" in text
+
+
+def test_reading_pairs_rows_on_shared_seeds():
+    # adapter: seeds 0-2 = 70, 90, 80 (mean 80, std 10). The 40-epoch row has seed 0 only (80):
+    # equal to the adapter's mean, but +10 on seed 0, the one seed both have. AdaMix has seeds
+    # 0 and 2 (82, 86): against the adapter on seeds 0, 2 (70, 80) the differences are +12, +6,
+    # mean +9, beyond both spreads there (2.83 and 7.07). Consistency off, seeds 0-2 = 79, 99, 81
+    # (mean 86.33, the best of the 3-seed rows), against AdaMix on seeds 0, 2: -3, -5, mean -4,
+    # beyond both spreads there (2.83 and 1.41).
+    off = Variant("adamix", (("consistency", "off"),))
+    forty = Variant("adamix", (("epochs", "40"),))
+    rows = {("MRPC", ADAPTER): _runs([0.70, 0.90, 0.80]),
+            ("MRPC", forty): _runs([0.80]),
+            ("MRPC", ADAMIX): [r for r in _runs([0.82, 0.0, 0.86]) if r["seed"] != 1],
+            ("MRPC", off): _runs([0.79, 0.99, 0.81])}
+    lines = reading(rows, _args([ADAPTER, ADAMIX, off, forty]))
+    assert lines[0] == ("MRPC: the best row is AdaMix (4 experts, merged), consistency off "
+                        "(86.33); not ranked, fewer seeds: AdaMix (4 experts, merged) (n=2), "
+                        "AdaMix (4 experts, merged), 40 epochs (n=1).")
+    assert lines[1] == ("MRPC: AdaMix (4 experts, merged): accuracy +9.00 pt vs adapter "
+                        "(1 expert) (better; on seeds 0,2 only).")
+    assert lines[2] == ("MRPC: AdaMix (4 experts, merged), consistency off: accuracy +6.33 pt vs "
+                        "adapter (1 expert) (within seed spread), -4.00 pt vs AdaMix (4 experts, "
+                        "merged) (worse; on seeds 0,2 only).")
+    assert lines[3] == ("MRPC: AdaMix (4 experts, merged), 40 epochs: accuracy +10.00 pt vs "
+                        "adapter (1 expert) (one seed, no spread; on seed 0 only), -2.00 pt vs "
+                        "AdaMix (4 experts, merged) (one seed, no spread; on seed 0 only).")
 
 
 def test_reading_adamix_best_and_no_adamix():
