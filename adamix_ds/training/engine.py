@@ -3,17 +3,38 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import deepspeed
 import torch
+import torch.distributed as dist
+from deepspeed.utils import groups as ds_groups
 from torch import nn
 
 from ..config import AdaMixConfig
 from ..inject import saved_parameters
 from ..preset import TrainSettings
 from .ds_config import offloads_optimizer, zero_stage
+
+
+def bound_deepspeed_collectives(timeout: timedelta) -> None:
+    """Give DeepSpeed's copy of the world group the run's collective timeout.
+
+    ZeRO reduces gradients on a clone of the world that DeepSpeed makes with ``dist.new_group``
+    and no timeout, so torch's default applies (30 min for gloo), not the one passed to
+    ``init_distributed``: a peer that stops mid-reduction (SIGSTOP, a hung node) would hold the
+    other ranks for half an hour. Creating that clone first, with ``timeout``, bounds it. Every
+    rank calls this right after ``init_distributed`` (``new_group`` is collective)."""
+    if not hasattr(ds_groups, "_WORLD_GROUP"):
+        warnings.warn("this DeepSpeed keeps no _WORLD_GROUP: train.collective_timeout_s may not "
+                      "bound its gradient reduction", stacklevel=2)
+        return
+    if ds_groups._WORLD_GROUP is None:
+        ds_groups._WORLD_GROUP = dist.new_group(ranks=list(range(dist.get_world_size())),
+                                                timeout=timeout)
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):

@@ -35,6 +35,7 @@ from ..tasks.nlu import nlu_task
 from .dev_eval import DevEvaluator
 from .ds_config import read_ds_config, zero_stage
 from .engine import (
+    bound_deepspeed_collectives,
     build_engine,
     gather_adaptation_state,
     total_optimizer_steps,
@@ -90,6 +91,7 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
     deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=True,
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)),
                                timeout=timedelta(seconds=preset.train.collective_timeout_s))
+    bound_deepspeed_collectives(timedelta(seconds=preset.train.collective_timeout_s))
     world, rank = dist.get_world_size(), dist.get_rank()
     unlink_allreduce_buffer(rank)  # CPU: else DeepSpeed leaves it in /dev/shm after the run
     ds_config = read_ds_config(ds_config_path, world)

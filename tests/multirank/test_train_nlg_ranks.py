@@ -404,13 +404,19 @@ def test_a_lost_rank_stops_the_other_naming_it_and_a_rerun_resumes(root, ds_conf
             time.sleep(0.05)
         killed_at = time.monotonic()
         ranks.procs[1].send_signal(fault)
-        ranks.procs[0].wait(timeout=60)   # bound: 30 s collective timeout + the heartbeat check
+        try:
+            ranks.procs[0].wait(timeout=60)   # bound: 30 s collective timeout + the heartbeat check
+        except subprocess.TimeoutExpired:
+            pass                              # reported below, with the ranks' output
         waited = time.monotonic() - killed_at
+        rank0_exited = ranks.procs[0].poll() is not None
     finally:
         for proc in ranks.procs:
             kill_tree(proc)
             proc.wait()
     result = ranks.result()
+    assert rank0_exited, f"rank 0 still running {waited:.0f} s after rank 1 got {fault.name}\n" \
+        + result.describe()
     assert ranks.procs[0].returncode == 4, result.describe()
     assert "rank 1 stopped" in result.output and "Collective timeout: 30 s" in result.output
     print(f"rank 0 stopped {waited:.1f} s after rank 1 got {fault.name}")
