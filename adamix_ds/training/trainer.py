@@ -86,12 +86,13 @@ def run_training(preset: Preset, ds_config_path: str | Path, output_dir: str | P
                  build_task: Callable[[Preset], TrainTask], resume: bool = True) -> RunResult:
     """Run (or resume) training of any task family; every rank calls this. See module docstring."""
     output_dir = Path(output_dir)
+    collective_timeout = timedelta(seconds=preset.train.collective_timeout_s)
     # Under mpirun DeepSpeed's MPI discovery sets MASTER_PORT to `distributed_port` (default
     # 29500, the launcher's default too), overwriting the environment's: pass the user's on.
     deepspeed.init_distributed(dist_backend=None, auto_mpi_discovery=True,
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)),
-                               timeout=timedelta(seconds=preset.train.collective_timeout_s))
-    bound_deepspeed_collectives(timedelta(seconds=preset.train.collective_timeout_s))
+                               timeout=collective_timeout)
+    bound_deepspeed_collectives(collective_timeout)
     world, rank = dist.get_world_size(), dist.get_rank()
     unlink_allreduce_buffer(rank)  # CPU: else DeepSpeed leaves it in /dev/shm after the run
     ds_config = read_ds_config(ds_config_path, world)
